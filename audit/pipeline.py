@@ -1,0 +1,134 @@
+"""One audit, end to end: scenario → target → evidence → attacks → ScoreTable → analysis → report.
+
+``run_audit(cfg, out_dir)`` is a plain function over a composed Hydra config; the command-line entry
+point (:mod:`audit.cli`) is a thin shim around it, and tests call it directly.
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from audit import io
+from audit.attacks import Attack, score_evidence
+from audit.types import EvidenceSet
+
+log = logging.getLogger(__name__)
+
+
+def build_attacks(cfg: DictConfig) -> dict[str, Attack]:
+    attacks = {str(name): instantiate(spec) for name, spec in (cfg.get("attack") or {}).items()}
+    if not attacks:
+        raise ValueError("no attack configured: choose at least one, e.g. attack=[loss]")
+    return attacks
+
+
+def load_evidence_from_config(data_cfg: DictConfig, resolution: int, progress: bool) -> EvidenceSet:
+    from audit.data import load_evidence, read_manifest, scan_folder
+
+    if data_cfg.get("manifest"):
+        entries = read_manifest(data_cfg.manifest)
+    elif data_cfg.get("folder"):
+        entries = scan_folder(data_cfg.folder)
+    else:
+        raise ValueError("data: set data.manifest (CSV/JSONL) or data.folder (role sub-folders)")
+    return load_evidence(entries, resolution, max_pixels=int(data_cfg.get("max_pixels", 100_000_000)),
+                         progress=progress)
+
+
+def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
+    """Run the audit described by ``cfg`` and write every artefact to ``out_dir``. Returns the report path
+    (or the results folder when the report is disabled)."""
+    t_start = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rt = cfg.runtime
+    if rt.get("num_threads"):
+        torch.set_num_threads(int(rt.num_threads))
+    progress = bool(rt.get("progress", True))
+    timings: dict[str, float] = {}
+
+    scenario_record = None
+    if cfg.get("scenario"):
+        t0 = time.time()
+        scenario = instantiate(cfg.scenario)
+        if not scenario.is_ready():
+            log.info("building the demo scenario under %s (first run only)", scenario.root)
+        scenario_record = scenario.prepare(progress=progress)
+        timings["scenario_s"] = time.time() - t0
+
+    attacks = build_attacks(cfg)  # fail on a bad attack config before loading anything heavy
+    t0 = time.time()
+    target = instantiate(cfg.target)
+    timings["load_target_s"] = time.time() - t0
+
+    t0 = time.time()
+    evidence = load_evidence_from_config(cfg.data, target.info.resolution, progress)
+    timings["load_evidence_s"] = time.time() - t0
+    for rej in evidence.rejected:
+        log.warning("rejected %s (%s): %s", rej.path, rej.role, rej.reason)
+    if len(evidence) == 0:
+        raise ValueError("no usable artworks: every manifest entry was rejected (see the reasons above)")
+
+    t0 = time.time()
+    scores = score_evidence(target, evidence, attacks, batch_size=int(rt.batch_size), seed=int(cfg.seed),
+                            progress=progress)
+    timings["scoring_s"] = time.time() - t0
+
+    metadata: dict[str, Any] = {
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "started_utc": datetime.fromtimestamp(t_start, timezone.utc).isoformat(timespec="seconds"),
+        "seed": int(cfg.seed),
+        "versions": io.package_versions(),
+        "runtime": {"device": str(target.device), "dtype": str(target.dtype).replace("torch.", ""),
+                    "batch_size": int(rt.batch_size), "torch_threads": torch.get_num_threads()},
+        "target": target.info.to_dict(),
+        "attacks": {name: a.describe() for name, a in attacks.items()},
+        "unet_evaluations": target.unet_evals,
+        "n_images": len(evidence),
+        "n_rejected": len(evidence.rejected),
+        "scenario": scenario_record,
+    }
+    run = io.RunData(
+        scores=scores,
+        images=evidence.image_table(),
+        rejected=[r.to_dict() for r in evidence.rejected],
+        metadata=metadata,
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+    )
+    report = analyze_and_report(run, cfg.stats, cfg.report, out, timings=timings, t_start=t_start)
+    return report
+
+
+def analyze_and_report(run: io.RunData, stats_cfg: Any, report_cfg: Any, out: Path,
+                       timings: dict[str, float] | None = None, t_start: float | None = None) -> Path:
+    """Analyse a ScoreTable and write analysis.json + the HTML report. Used by runs and by scripts/report.py."""
+    from audit.report import render_html
+    from audit.stats import analyze
+
+    plan = instantiate(stats_cfg) if isinstance(stats_cfg, DictConfig) else stats_cfg
+    t0 = time.time()
+    result = analyze(run.scores, run.images, plan)
+    timings = dict(timings or {})
+    timings["analysis_s"] = time.time() - t0
+    if t_start is not None:
+        timings["total_s"] = time.time() - t_start
+    run.metadata = {**run.metadata, "timings": {**run.metadata.get("timings", {}), **timings}}
+    io.write_run(out, run)
+    io.write_json(out / io.ANALYSIS, result.to_dict())
+    print(f"verdict: {result.verdict.sentence}")
+    if report_cfg is None or not report_cfg.get("enabled", True):
+        print(f"results: {out}")
+        return out
+    metadata = {**run.metadata, "config_yaml": run.config_yaml}
+    report = render_html(result, run.scores, run.images, run.rejected, metadata, out / report_cfg.get("filename", "report.html"))
+    print(f"report: {report}")
+    return Path(report)

@@ -1,0 +1,79 @@
+"""Concrete targets: unconditional pixel-space DDPMs and latent text-to-image (Stable Diffusion layout)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from audit.targets.base import Target, TargetInfo
+
+
+class PixelTarget(Target):
+    """An unconditional pixel-space diffusion model (``UNet2DModel`` + scheduler), e.g. a DDPM."""
+
+    def __init__(self, unet: Any, scheduler: Any, info: TargetInfo, device: torch.device, dtype: torch.dtype):
+        super().__init__(scheduler, device, dtype)
+        self.unet = unet.to(device=device, dtype=dtype).eval()
+        self.info = info
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, torch.float32)
+
+    def encode_text(self, captions: Sequence[str]) -> None:
+        return None
+
+    def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return self.unet(x_t, t).sample
+
+
+class LatentTarget(Target):
+    """A latent text-to-image model in the Stable Diffusion layout (VAE + CLIP text encoder + conditional UNet).
+
+    Latents are ``vae.encode(x).latent_dist.mean × vae.config.scaling_factor`` (the posterior mean, so
+    encoding is deterministic; the attacks add their own seeded noise).
+    """
+
+    def __init__(
+        self,
+        unet: Any,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        scheduler: Any,
+        info: TargetInfo,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        super().__init__(scheduler, device, dtype)
+        self.unet = unet.to(device=device, dtype=dtype).eval()
+        self.vae = vae.to(device=device, dtype=dtype).eval()
+        self.text_encoder = text_encoder.to(device=device, dtype=dtype).eval()
+        self.tokenizer = tokenizer
+        self.info = info
+        self.scaling_factor = float(vae.config.scaling_factor)
+        shift = vae.config.get("shift_factor", None)
+        self.shift_factor = float(shift) if shift is not None else 0.0
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, self.dtype)
+        latents = self.vae.encode(x).latent_dist.mean
+        return ((latents - self.shift_factor) * self.scaling_factor).float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
+        return self.vae.decode(z).sample.float().clamp(-1, 1)
+
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        tok = self.tokenizer(
+            list(captions),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tok.input_ids.to(self.device))[0]
+
+    def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is None:
+            raise ValueError("a text-conditional target needs `cond` (use encode_text; '' for the unconditional branch)")
+        return self.unet(x_t, t, encoder_hidden_states=cond.to(self.device, self.dtype)).sample

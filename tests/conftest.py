@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny real diffusers models, built and saved locally, loaded through the real path."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from audit.data import render_artwork  # noqa: E402
+
+RES = 16  # pixel resolution of the tiny DDPMs
+N_MEMBERS = 16
+N_HELD_OUT = 32
+
+
+@dataclass
+class TinyDDPM:
+    model_dir: Path
+    member_paths: list[Path]
+    held_out_paths: list[Path]
+
+
+def _write_artworks(folder: Path, n: int, offset: int) -> list[Path]:
+    """Synthetic artworks (several artists) as PNG files; offset keeps member and held-out works distinct."""
+    folder.mkdir(parents=True, exist_ok=True)
+    artists = ["stripes", "circles", "grid", "waves"]
+    paths = []
+    for i in range(n):
+        idx = offset + i
+        arr = render_artwork(artists[idx % 4], idx, size=RES, seed=123)
+        p = folder / f"art_{idx:03d}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
+
+
+def _load_tensor(paths: list[Path]) -> torch.Tensor:
+    arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+@pytest.fixture(scope="session")
+def artworks(tmp_path_factory) -> tuple[list[Path], list[Path]]:
+    root = tmp_path_factory.mktemp("artworks")
+    return _write_artworks(root, N_MEMBERS, 0), _write_artworks(root, N_HELD_OUT, 1000)
+
+
+@pytest.fixture(scope="session")
+def memorized_ddpm(tmp_path_factory, artworks) -> TinyDDPM:
+    """A tiny DDPM trained long enough on 16 images to memorise them."""
+    from audit.models.ddpm import build_ddpm, save_ddpm, train_ddpm
+
+    members, held_out = artworks
+    unet, sched = build_ddpm(RES, channels=(16, 32, 32), seed=0)
+    train_ddpm(unet, sched, _load_tensor(members), steps=400, batch_size=N_MEMBERS, lr=1e-3, seed=0, progress=False)
+    out = save_ddpm(unet, sched, tmp_path_factory.mktemp("ddpm_memorized"))
+    return TinyDDPM(out, members, held_out)
+
+
+@pytest.fixture(scope="session")
+def untrained_ddpm(tmp_path_factory, artworks) -> TinyDDPM:
+    """Same architecture, never trained: it cannot know which images are members."""
+    from audit.models.ddpm import build_ddpm, save_ddpm
+
+    members, held_out = artworks
+    unet, sched = build_ddpm(RES, channels=(16, 32, 32), seed=1)
+    out = save_ddpm(unet, sched, tmp_path_factory.mktemp("ddpm_untrained"))
+    return TinyDDPM(out, members, held_out)
+
+
+def evidence_for(members: list[Path], held_out: list[Path], resolution: int = RES):
+    """An EvidenceSet with members as role 'member' and held-out works as 'nonmember'."""
+    from audit.data import load_evidence
+
+    entries = [{"path": str(p), "role": "member", "caption": "a painting"} for p in members]
+    entries += [{"path": str(p), "role": "nonmember", "caption": "a painting"} for p in held_out]
+    return load_evidence(entries, resolution, progress=False)

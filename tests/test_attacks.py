@@ -1,0 +1,119 @@
+"""Attacks on tiny real DDPMs: detection, null behaviour, determinism, batch invariance, declared costs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from audit.attacks import PIA, PIAN, AttackSetupError, LossAttack, NoiseSource, score_evidence
+from audit.stats import auc_with_ci, mann_whitney
+from audit.targets import load_target
+from tests.conftest import evidence_for
+
+ATTACKS = {
+    "loss": LossAttack(timesteps=[50, 100, 200], n_noise=2),
+    "pia": PIA(t=100),
+    "pian": PIAN(t=100),
+}
+
+
+def _scores(model_dir, members, held_out, attacks=ATTACKS, batch_size=16, seed=0):
+    target = load_target(str(model_dir), local_files_only=True, device="cpu")
+    ev = evidence_for(members, held_out)
+    return score_evidence(target, ev, attacks, batch_size=batch_size, seed=seed, progress=False), target
+
+
+@pytest.fixture(scope="module")
+def memorized_scores(memorized_ddpm):
+    return _scores(memorized_ddpm.model_dir, memorized_ddpm.member_paths, memorized_ddpm.held_out_paths)[0]
+
+
+@pytest.mark.parametrize("attack", ["loss", "pia"])
+def test_memorizing_model_is_detected(memorized_scores, attack):
+    pos = memorized_scores.scores(attack, "member")
+    neg = memorized_scores.scores(attack, "nonmember")
+    auc = auc_with_ci(pos, neg, n_boot=500, seed=0)
+    assert auc.auc > 0.8 and auc.lo > 0.5, auc
+    assert mann_whitney(pos, neg).p_value < 0.05
+
+
+def test_untrained_model_is_not_detected(untrained_ddpm):
+    table, _ = _scores(untrained_ddpm.model_dir, untrained_ddpm.member_paths, untrained_ddpm.held_out_paths)
+    for attack in ("loss", "pia"):
+        pos, neg = table.scores(attack, "member"), table.scores(attack, "nonmember")
+        auc = auc_with_ci(pos, neg, n_boot=500, seed=0)
+        assert auc.lo < 0.5 < auc.hi, (attack, auc)
+        assert mann_whitney(pos, neg).p_value > 0.05
+
+
+def test_placebo_split_of_nonmembers_is_not_detected(memorized_scores):
+    """Two random halves of held-out works on the memorising model: no membership difference to find."""
+    neg = memorized_scores.scores("loss", "nonmember")
+    rng = np.random.default_rng(0)
+    pvals = []
+    for _ in range(50):
+        perm = rng.permutation(len(neg))
+        a, b = neg[perm[: len(neg) // 2]], neg[perm[len(neg) // 2:]]
+        pvals.append(mann_whitney(a, b).p_value)
+    # under H0 about 5% of placebo splits reject at 0.05; allow sampling noise but not a broken test
+    assert np.mean(np.array(pvals) < 0.05) <= 0.16
+    assert np.median(pvals) > 0.2
+
+
+def test_same_seed_same_scores_and_other_seed_differs(memorized_ddpm):
+    args = (memorized_ddpm.model_dir, memorized_ddpm.member_paths[:4], memorized_ddpm.held_out_paths[:4])
+    a, _ = _scores(*args, seed=7)
+    b, _ = _scores(*args, seed=7)
+    c, _ = _scores(*args, seed=8)
+    assert a.df["score"].tolist() == b.df["score"].tolist()
+    loss_a = a.df[a.df.attack == "loss"]["score"].to_numpy()
+    loss_c = c.df[c.df.attack == "loss"]["score"].to_numpy()
+    assert not np.allclose(loss_a, loss_c)
+    # PIA is deterministic by construction (no random noise)
+    pia_a = a.df[a.df.attack == "pia"]["score"].to_numpy()
+    pia_c = c.df[c.df.attack == "pia"]["score"].to_numpy()
+    np.testing.assert_allclose(pia_a, pia_c, rtol=1e-6)
+
+
+def test_batch_size_invariant(memorized_ddpm):
+    args = (memorized_ddpm.model_dir, memorized_ddpm.member_paths[:4], memorized_ddpm.held_out_paths[:4])
+    one, _ = _scores(*args, batch_size=1)
+    eight, _ = _scores(*args, batch_size=8)
+    key = ["image_id", "attack"]
+    m = one.df.merge(eight.df, on=key, suffixes=("_1", "_8"))
+    assert len(m) == len(one.df) == 8 * len(ATTACKS)
+    np.testing.assert_allclose(m["score_1"], m["score_8"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_declared_evaluations_match_unet_calls(memorized_ddpm, name):
+    from diffusers import UNet2DModel
+
+    calls = {"n": 0}
+    orig = UNet2DModel.forward
+
+    def counting_forward(self, sample, *a, **k):
+        calls["n"] += sample.shape[0]
+        return orig(self, sample, *a, **k)
+
+    n_img = 6
+    UNet2DModel.forward = counting_forward
+    try:
+        _, target = _scores(memorized_ddpm.model_dir, memorized_ddpm.member_paths[:3],
+                            memorized_ddpm.held_out_paths[:3], attacks={name: ATTACKS[name]}, batch_size=4)
+    finally:
+        UNet2DModel.forward = orig
+    assert calls["n"] == ATTACKS[name].evaluations_per_image() * n_img == target.unet_evals
+
+
+def test_noise_depends_on_image_not_batch_position():
+    a = NoiseSource(3, ["x", "y"]).randn("eps", (2, 2))
+    b = NoiseSource(3, ["y"]).randn("eps", (2, 2))
+    torch.testing.assert_close(a[1], b[0])
+    assert not torch.equal(a[0], a[1])
+
+
+def test_attack_checks_target_timesteps(memorized_ddpm):
+    target = load_target(str(memorized_ddpm.model_dir), local_files_only=True)
+    with pytest.raises(AttackSetupError, match="outside the model"):
+        LossAttack(timesteps=[5000]).check_target(target)

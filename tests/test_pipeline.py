@@ -1,0 +1,134 @@
+"""Configs compose and instantiate; the configured audit runs end to end through the real entry point."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from audit import io
+from audit.attacks import Attack
+from audit.cli import CONFIG_DIR
+from audit.data import write_manifest
+from audit.pipeline import build_attacks, run_audit
+from audit.stats import AnalysisPlan
+from audit.targets import Target
+
+GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir())
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="audit", overrides=overrides, return_hydra_config=False)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g != "hydra" for o in _options(g)])
+def test_every_config_file_composes_and_instantiates(group, option, memorized_ddpm, tmp_path):
+    overrides = [f"{group}={option}", f"paths.cache_dir={tmp_path}"]
+    if group == "attack":
+        overrides[0] = f"attack=[{option}]"
+    cfg = _compose(overrides)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    if group == "attack":
+        attacks = build_attacks(cfg)
+        assert list(attacks) == [option] and all(isinstance(a, Attack) for a in attacks.values())
+        assert attacks[option].evaluations_per_image() > 0
+    elif group == "stats":
+        assert isinstance(instantiate(cfg.stats), AnalysisPlan)
+    elif group == "scenario":
+        scen = instantiate(cfg.scenario)
+        assert not scen.is_ready()  # instantiating must not build anything
+    elif group == "target":
+        cfg.target.source = str(memorized_ddpm.model_dir)
+        cfg.target.local_files_only = True
+        assert isinstance(instantiate(cfg.target), Target)
+    elif group == "experiment":
+        assert cfg.get("scenario") is None and cfg.target.source == "???" or OmegaConf.is_missing(cfg.target, "source")
+    else:
+        assert cfg[group] is not None
+
+
+def test_multirun_over_attacks_composes_one_attack_per_job():
+    for name in _options("attack"):
+        cfg = _compose([f"attack={name}"])
+        assert list(cfg.attack) == [name]
+
+
+@pytest.fixture(scope="module")
+def audit_run(memorized_ddpm, tmp_path_factory):
+    """A configured audit of the memorising tiny DDPM: suspects = members, controls = held-out works,
+    plus a corrupt PNG and a non-image file listed as suspects."""
+    root = tmp_path_factory.mktemp("audit_run")
+    bad = root / "broken.png"
+    bad.write_bytes(memorized_ddpm.member_paths[0].read_bytes()[:60])
+    text = root / "readme_not_image.png"
+    text.write_text("not an image")
+    rows = [{"path": str(p), "role": "suspect", "caption": "", "artist": "a", "created": ""}
+            for p in memorized_ddpm.member_paths[:12]]
+    rows += [{"path": str(p), "role": "member"} for p in memorized_ddpm.member_paths[12:]]
+    rows += [{"path": str(p), "role": "control"} for p in memorized_ddpm.held_out_paths[:24]]
+    rows += [{"path": str(p), "role": "nonmember"} for p in memorized_ddpm.held_out_paths[24:]]
+    rows += [{"path": str(bad), "role": "suspect"}, {"path": str(text), "role": "suspect"}]
+    manifest = write_manifest(rows, root / "manifest.csv")
+    cfg = _compose([
+        "experiment=own_model",
+        f"target.source={memorized_ddpm.model_dir}",
+        "target.local_files_only=true",
+        f"data.manifest={manifest}",
+        "attack=[loss,pia]",
+        "attack.loss.timesteps=[50,100,200]",
+        "attack.pia.t=100",
+        "runtime.progress=false",
+        "stats.n_permutations=2000",
+        "stats.n_bootstrap=300",
+    ])
+    out = root / "results"
+    report = run_audit(cfg, out)
+    return out, report
+
+
+def test_audit_detects_memorized_suspects_and_writes_report(audit_run):
+    out, report = audit_run
+    analysis = json.loads((out / io.ANALYSIS).read_text())
+    assert analysis["verdict"]["decision"] == "reject_h0"
+    html = Path(report).read_text()
+    assert "inconsistent with" in html and "<img" in html
+    assert "broken.png" in html and "readme_not_image.png" in html
+
+
+def test_results_folder_is_complete_and_typed(audit_run):
+    out, _ = audit_run
+    run = io.read_run(out)
+    df = run.scores.df
+    assert set(df["attack"]) == {"loss", "pia"}
+    assert len(df) == 2 * 32  # 32 accepted images (12 suspects, 4 members, 24 controls... see fixture)
+    assert df["target_fingerprint"].nunique() == 1 and len(df["target_fingerprint"].iloc[0]) == 64
+    assert set(run.images["image_id"]) == set(df["image_id"])
+    reasons = {Path(r["path"]).name: r["reason"] for r in run.rejected}
+    assert set(reasons) == {"broken.png", "readme_not_image.png"}
+    assert reasons["broken.png"] != reasons["readme_not_image.png"]
+    meta = run.metadata
+    assert meta["unet_evaluations"] == 32 * (6 + 2)
+    assert meta["target"]["fingerprint"] == df["target_fingerprint"].iloc[0]
+    assert "torch" in meta["versions"] and "seed: 0" in run.config_yaml
+
+
+def test_report_regenerates_without_the_model(audit_run, tmp_path, monkeypatch):
+    import scripts.report as report_script
+    import audit.targets.loading as loading
+
+    out, _ = audit_run
+    monkeypatch.setattr(loading, "load_target", lambda *a, **k: pytest.fail("the model must not be loaded"))
+    new = report_script.main([str(out), "stats.alpha=0.01", "--out", str(tmp_path)])
+    analysis = json.loads((tmp_path / io.ANALYSIS).read_text())
+    assert analysis["plan"]["alpha"] == 0.01
+    assert "α = 0.01" in Path(new).read_text()
+    pd.testing.assert_frame_equal(io.read_run(tmp_path).scores.df, io.read_run(out).scores.df)
