@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def build_attacks(cfg: DictConfig) -> dict[str, Attack]:
-    attacks = {str(name): instantiate(spec) for name, spec in (cfg.get("attack") or {}).items()}
+    attacks = {str(name): instantiate(spec, _convert_="all") for name, spec in (cfg.get("attack") or {}).items()}
     if not attacks:
         raise ValueError("no attack configured: choose at least one, e.g. attack=[loss]")
     return attacks
@@ -59,7 +59,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     scenario_record = None
     if cfg.get("scenario"):
         t0 = time.time()
-        scenario = instantiate(cfg.scenario)
+        scenario = instantiate(cfg.scenario, _convert_="all")
         if not scenario.is_ready():
             log.info("building the demo scenario under %s (first run only)", scenario.root)
         scenario_record = scenario.prepare(progress=progress)
@@ -67,7 +67,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
 
     attacks = build_attacks(cfg)  # fail on a bad attack config before loading anything heavy
     t0 = time.time()
-    target = instantiate(cfg.target)
+    target = instantiate(cfg.target, _convert_="all")
     timings["load_target_s"] = time.time() - t0
 
     t0 = time.time()
@@ -114,7 +114,7 @@ def analyze_and_report(run: io.RunData, stats_cfg: Any, report_cfg: Any, out: Pa
     from audit.report import render_html
     from audit.stats import analyze
 
-    plan = instantiate(stats_cfg) if isinstance(stats_cfg, DictConfig) else stats_cfg
+    plan = instantiate(stats_cfg, _convert_="all") if isinstance(stats_cfg, DictConfig) else stats_cfg
     t0 = time.time()
     result = analyze(run.scores, run.images, plan)
     timings = dict(timings or {})

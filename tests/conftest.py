@@ -76,6 +76,17 @@ def untrained_ddpm(tmp_path_factory, artworks) -> TinyDDPM:
     return TinyDDPM(out, members, held_out)
 
 
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny Stable-Diffusion-layout model (untrained) and a random non-zero LoRA for it."""
+    from audit.models.sd import build_tiny_sd, make_lora
+
+    root = tmp_path_factory.mktemp("sd")
+    model = build_tiny_sd(root / "model", resolution=32, seed=0)
+    lora = make_lora(model, root / "lora", rank=4, seed=0, init_scale=0.5)
+    return model, lora
+
+
 def evidence_for(members: list[Path], held_out: list[Path], resolution: int = RES):
     """An EvidenceSet with members as role 'member' and held-out works as 'nonmember'."""
     from audit.data import load_evidence

@@ -31,7 +31,7 @@ def _options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g != "hydra" for o in _options(g)])
-def test_every_config_file_composes_and_instantiates(group, option, memorized_ddpm, tmp_path):
+def test_every_config_file_composes_and_instantiates(group, option, memorized_ddpm, tiny_sd, tmp_path):
     overrides = [f"{group}={option}", f"paths.cache_dir={tmp_path}"]
     if group == "attack":
         overrides[0] = f"attack=[{option}]"
@@ -47,11 +47,11 @@ def test_every_config_file_composes_and_instantiates(group, option, memorized_dd
         scen = instantiate(cfg.scenario)
         assert not scen.is_ready()  # instantiating must not build anything
     elif group == "target":
-        cfg.target.source = str(memorized_ddpm.model_dir)
+        cfg.target.source = str(tiny_sd[0] if option == "sd" else memorized_ddpm.model_dir)
         cfg.target.local_files_only = True
         assert isinstance(instantiate(cfg.target), Target)
     elif group == "experiment":
-        assert cfg.get("scenario") is None and cfg.target.source == "???" or OmegaConf.is_missing(cfg.target, "source")
+        assert cfg.get("scenario") is None and OmegaConf.is_missing(cfg.target, "source")
     else:
         assert cfg[group] is not None
 
@@ -109,14 +109,14 @@ def test_results_folder_is_complete_and_typed(audit_run):
     run = io.read_run(out)
     df = run.scores.df
     assert set(df["attack"]) == {"loss", "pia"}
-    assert len(df) == 2 * 32  # 32 accepted images (12 suspects, 4 members, 24 controls... see fixture)
+    assert len(df) == 2 * 48  # 48 accepted: 12 suspects, 4 members, 24 controls, 8 nonmembers
     assert df["target_fingerprint"].nunique() == 1 and len(df["target_fingerprint"].iloc[0]) == 64
     assert set(run.images["image_id"]) == set(df["image_id"])
     reasons = {Path(r["path"]).name: r["reason"] for r in run.rejected}
     assert set(reasons) == {"broken.png", "readme_not_image.png"}
     assert reasons["broken.png"] != reasons["readme_not_image.png"]
     meta = run.metadata
-    assert meta["unet_evaluations"] == 32 * (6 + 2)
+    assert meta["unet_evaluations"] == 48 * (6 + 2)
     assert meta["target"]["fingerprint"] == df["target_fingerprint"].iloc[0]
     assert "torch" in meta["versions"] and "seed: 0" in run.config_yaml
 

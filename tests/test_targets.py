@@ -7,17 +7,8 @@ import pytest
 import torch
 
 from audit.attacks import PIA, LossAttack, score_evidence
-from audit.models.sd import build_tiny_sd, make_lora
 from audit.targets import LatentTarget, PixelTarget, TargetLoadError, load_target
 from tests.conftest import evidence_for
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd")
-    model = build_tiny_sd(root / "model", resolution=32, seed=0)
-    lora = make_lora(model, root / "lora", rank=4, seed=0, init_scale=0.5)
-    return model, lora
 
 
 def test_pixel_target_reads_constants_from_configs(memorized_ddpm):
@@ -65,9 +56,11 @@ def test_pickle_weights_are_refused_unless_allowed(memorized_ddpm, tmp_path):
     assert isinstance(load_target(str(copy), local_files_only=True, allow_pickle=True), PixelTarget)
 
 
-def test_not_a_model_folder_gives_clear_error(tmp_path):
+def test_not_a_model_folder_gives_clear_error(tmp_path, memorized_ddpm):
     with pytest.raises(TargetLoadError, match="model_index.json"):
         load_target(str(tmp_path), local_files_only=True)
+    with pytest.raises(TargetLoadError, match="not a Stable-Diffusion-layout model"):
+        load_target(str(memorized_ddpm.model_dir), kind="latent", local_files_only=True)
 
 
 def test_sd_layout_and_lora_score_through_the_same_attack_code(tiny_sd, artworks):

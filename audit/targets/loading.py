@@ -192,6 +192,12 @@ def load_target(
             raise TargetLoadError(
                 f"cannot tell the model kind of {source} (pipeline {pipe_class!r}); set target.kind to pixel or latent"
             )
+    if kind == "latent":
+        missing = sorted({"unet", "vae", "text_encoder", "tokenizer", "scheduler"} - set(index))
+        if missing:
+            raise TargetLoadError(
+                f"{source} is not a Stable-Diffusion-layout model: model_index.json lacks {missing}"
+            )
     files = hash_folder(folder)
     lora_specs = [lora] if isinstance(lora, str) else list(lora or [])
 

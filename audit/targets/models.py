@@ -8,12 +8,20 @@ import torch
 from audit.targets.base import Target, TargetInfo
 
 
+def _place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move a component; cast only when needed (diffusers warns on every dtype cast, even a no-op)."""
+    module = module.to(device)
+    if module.dtype != dtype:
+        module = module.to(dtype=dtype)
+    return module.eval()
+
+
 class PixelTarget(Target):
     """An unconditional pixel-space diffusion model (``UNet2DModel`` + scheduler), e.g. a DDPM."""
 
     def __init__(self, unet: Any, scheduler: Any, info: TargetInfo, device: torch.device, dtype: torch.dtype):
         super().__init__(scheduler, device, dtype)
-        self.unet = unet.to(device=device, dtype=dtype).eval()
+        self.unet = _place(unet, device, dtype)
         self.info = info
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -45,9 +53,9 @@ class LatentTarget(Target):
         dtype: torch.dtype,
     ):
         super().__init__(scheduler, device, dtype)
-        self.unet = unet.to(device=device, dtype=dtype).eval()
-        self.vae = vae.to(device=device, dtype=dtype).eval()
-        self.text_encoder = text_encoder.to(device=device, dtype=dtype).eval()
+        self.unet = _place(unet, device, dtype)
+        self.vae = _place(vae, device, dtype)
+        self.text_encoder = _place(text_encoder, device, dtype)
         self.tokenizer = tokenizer
         self.info = info
         self.scaling_factor = float(vae.config.scaling_factor)
