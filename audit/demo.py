@@ -27,11 +27,11 @@ class DemoScenario:
     artists: list[str] = field(default_factory=lambda: ["stripes", "circles", "grid", "waves"])
     resolution: int = 32
     members_per_artist: int = 12
-    nonmembers_per_artist: int = 64
+    nonmembers_per_artist: int = 115
     n_suspect: int = 16
     n_member: int = 32
-    n_control: int = 200
-    n_nonmember: int = 56
+    n_control: int = 360
+    n_nonmember: int = 100
     channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     train_steps: int = 800
     batch_size: int = 48
