@@ -132,3 +132,22 @@ def test_report_regenerates_without_the_model(audit_run, tmp_path, monkeypatch):
     assert analysis["plan"]["alpha"] == 0.01
     assert "α = 0.01" in Path(new).read_text()
     pd.testing.assert_frame_equal(io.read_run(tmp_path).scores.df, io.read_run(out).scores.df)
+
+
+def test_hydra_multirun_over_attacks_writes_one_report_per_attack(memorized_ddpm, audit_run, tmp_path):
+    """The real console entry point, as a user runs it: `audit-run -m ... attack=loss,pia`."""
+    import subprocess
+    import sys
+
+    out, _ = audit_run
+    manifest = out.parent / "manifest.csv"
+    cmd = [sys.executable, "-m", "audit", "-m", "experiment=own_model", f"target.source={memorized_ddpm.model_dir}",
+           "target.local_files_only=true", f"data.manifest={manifest}", "attack=loss,pia", "runtime.progress=false",
+           "stats.n_permutations=200", "stats.n_bootstrap=50", f"paths.results_dir={tmp_path}", "name=sweep"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    analyses = sorted(tmp_path.rglob(io.ANALYSIS))
+    assert len(analyses) == 2
+    attacks = sorted(json.loads(a.read_text())["primary_attack"] for a in analyses)
+    assert attacks == ["loss", "pia"]
+    assert all((a.parent / "report.html").is_file() for a in analyses)
