@@ -93,6 +93,8 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         "target": target.info.to_dict(),
         "attacks": {name: a.describe() for name, a in attacks.items()},
         "unet_evaluations": target.unet_evals,
+        # what the attacks would cost run one by one; the difference is saved by sharing within batches
+        "unet_evaluations_unshared": len(evidence) * sum(a.evaluations_per_image() for a in attacks.values()),
         "n_images": len(evidence),
         "n_rejected": len(evidence.rejected),
         "scenario": scenario_record,

@@ -140,3 +140,16 @@ def test_attack_checks_target_timesteps(memorized_ddpm):
     target = load_target(str(memorized_ddpm.model_dir), local_files_only=True)
     with pytest.raises(AttackSetupError, match="outside the model"):
         LossAttack(timesteps=[5000]).check_target(target)
+
+
+def test_suite_shares_evaluations_and_scores_do_not_change(memorized_ddpm):
+    """PIA and PIAN share ε_θ(x0, 0); two loss attacks with overlapping timesteps share their ε̂."""
+    args = (memorized_ddpm.model_dir, memorized_ddpm.member_paths[:3], memorized_ddpm.held_out_paths[:3])
+    suite = {"loss": LossAttack(timesteps=[50, 100], n_noise=1), "loss100": LossAttack(timesteps=[100], n_noise=1),
+             "pia": PIA(t=100), "pian": PIAN(t=100)}
+    together, target = _scores(*args, attacks=suite, batch_size=8)
+    alone = sum(a.evaluations_per_image() for a in suite.values()) * 6
+    assert target.unet_evals == alone - 6 * (1 + 1)  # one shared ε̂ for loss100, one shared ε₀ for PIAN
+    for name, attack in suite.items():
+        single, _ = _scores(*args, attacks={name: attack}, batch_size=8)
+        np.testing.assert_allclose(single.df["score"], together.df[together.df.attack == name]["score"], rtol=1e-6)

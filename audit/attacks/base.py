@@ -14,8 +14,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
-from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -51,8 +51,37 @@ class Batch:
     cond: torch.Tensor | None  # text conditioning from the captions (None for unconditional targets)
     captions: list[str]
     image_ids: list[str]
-    noise: NoiseSource
+    noise_source: NoiseSource
     pixels: torch.Tensor | None = None  # the [-1, 1] images, for attacks that need pixel space
+    #: results shared between attacks within this batch (see :meth:`shared`)
+    cache: dict[tuple, Any] = field(default_factory=dict)
+
+    def shared(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """Compute once per batch, reuse across attacks.
+
+        Attacks that need the same quantity (the same noise draw, the same ε̂ at the same timestep and
+        conditioning, the same DDIM inversion) ask for it under the same key, so a suite of attacks
+        costs fewer denoiser evaluations than the attacks run one by one. Keys must name everything the
+        value depends on (e.g. ``("eps_hat", t, noise_tag, "cond")``).
+        """
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+    def noise(self, tag: str) -> torch.Tensor:
+        """Seeded per-image N(0, I) noise shaped like x0, shared by every attack asking for ``tag``."""
+        return self.shared(("noise", tag), lambda: self.noise_source.randn(tag, self.x0.shape[1:], self.x0.device))
+
+    def eps_hat(self, target: Target, x_key: str, x_t: Callable[[], torch.Tensor], t: int,
+                cond_key: str = "caption", cond: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂_θ(x_t, t, c), memoised under (x_key, t, cond_key).
+
+        ``x_key`` must identify how x_t was built (e.g. ``"fwd/eps/t100/k0"`` for x0 noised with that
+        draw); ``x_t`` builds it only when needed. ``cond_key="caption"`` conditions on the batch's
+        captions; any other key (e.g. ``"null"``) must come with its own ``cond`` tensor.
+        """
+        c = self.cond if cond_key == "caption" else cond
+        return self.shared(("eps_hat", x_key, int(t), cond_key), lambda: target.predict_noise(x_t(), int(t), c))
 
 
 @dataclass

@@ -44,8 +44,8 @@ class LossAttack(Attack):
         total = torch.zeros(x0.shape[0], device=x0.device)
         for t in self.timesteps:
             for k in range(self.n_noise):
-                eps = batch.noise.randn(f"eps/t{int(t)}/k{k}", x0.shape[1:], x0.device)
-                x_t = target.add_noise(x0, eps, int(t))
-                pred = target.predict_noise(x_t, int(t), batch.cond)
+                tag = f"eps/t{int(t)}/k{k}"
+                eps = batch.noise(tag)
+                pred = batch.eps_hat(target, f"fwd/{tag}", lambda: target.add_noise(x0, eps, int(t)), int(t))
                 total += (pred - eps).pow(2).flatten(1).mean(1)
         return -total / self.evaluations_per_image()

@@ -55,13 +55,13 @@ class PIA(Attack):
 
     def score(self, target: Target, batch: Batch) -> torch.Tensor:
         x0 = batch.x0
-        eps0 = target.predict_noise(x0, 0, batch.cond)
+        eps0 = batch.eps_hat(target, "x0", lambda: x0, 0)  # shared by PIA and PIAN
         if self.normalize:
             # match E|z| = sqrt(2/pi) of a standard normal, per image
             scale = math.sqrt(2.0 / math.pi) / eps0.abs().flatten(1).mean(1).clamp_min(1e-12)
             eps0 = eps0 * scale.view(-1, *([1] * (x0.dim() - 1)))
         x_t = target.add_noise(x0, eps0, self.t)
-        pred = target.predict_noise(x_t, self.t, batch.cond)
+        pred = target.predict_noise(x_t, self.t, batch.cond)  # depends on the (normalised) ε₀: not shared
         dist = (pred - eps0).abs().pow(self.p).flatten(1).mean(1).pow(1.0 / self.p)
         return -dist
 

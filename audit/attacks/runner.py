@@ -46,7 +46,7 @@ def score_evidence(
                 cond=target.encode_text(captions) if target.conditional else None,
                 captions=captions,
                 image_ids=ids,
-                noise=NoiseSource(seed, ids),
+                noise_source=NoiseSource(seed, ids),
                 pixels=pixels,
             )
             for name, attack in attacks.items():
