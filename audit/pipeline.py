@@ -83,6 +83,10 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
                             progress=progress)
     timings["scoring_s"] = time.time() - t0
 
+    described = {name: a.describe() for name, a in attacks.items()}
+    # reference models (calibrated attacks) count their own evaluations; one entry per distinct model
+    reference_evals = {d["reference"]["fingerprint"]: d["reference"]["unet_evals"]
+                       for d in described.values() if "reference" in d}
     metadata: dict[str, Any] = {
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "started_utc": datetime.fromtimestamp(t_start, timezone.utc).isoformat(timespec="seconds"),
@@ -91,8 +95,9 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         "runtime": {"device": str(target.device), "dtype": str(target.dtype).replace("torch.", ""),
                     "batch_size": int(rt.batch_size), "torch_threads": torch.get_num_threads()},
         "target": target.info.to_dict(),
-        "attacks": {name: a.describe() for name, a in attacks.items()},
+        "attacks": described,
         "unet_evaluations": target.unet_evals,
+        "reference_unet_evaluations": sum(reference_evals.values()),
         # what the attacks would cost run one by one; the difference is saved by sharing within batches
         "unet_evaluations_unshared": len(evidence) * sum(a.evaluations_per_image() for a in attacks.values()),
         "n_images": len(evidence),

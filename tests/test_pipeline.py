@@ -38,6 +38,9 @@ def test_every_config_file_composes_and_instantiates(group, option, memorized_dd
     cfg = _compose(overrides)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     if group == "attack":
+        if "reference" in cfg.attack[option]:  # calibrated attacks load their reference model
+            cfg.attack[option].reference.source = str(memorized_ddpm.model_dir)
+            cfg.attack[option].reference.local_files_only = True
         attacks = build_attacks(cfg)
         assert list(attacks) == [option] and all(isinstance(a, Attack) for a in attacks.values())
         assert attacks[option].evaluations_per_image() > 0

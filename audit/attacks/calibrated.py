@@ -4,13 +4,14 @@ The reference is a model known not to have trained on the suspects, e.g. the pub
 LoRA / DreamBooth fine-tune was made from. Subtracting its score removes what the two models share:
 per-image difficulty (a simple image has a low loss under any model), the noise draw (both models see
 the same seeded noise), and shifts that affect both (style, complexity, caption quality). What is left
-is what the fine-tune changed for this image. This is the difference-of-losses idea of reference-model
-("LiRA-offline" / "RMIA"-style) membership inference (Carlini et al., "Membership Inference Attacks
-From First Principles", IEEE S&P 2022; Watson et al., "On the Importance of Difficulty Calibration in
-Membership Inference Attacks", ICLR 2022), with a single known-clean reference instead of trained
-shadow models. DESIGN.md measured on a held-out LoRA fine-tune of one artist's works: uncalibrated loss
-AUC ≈ 0.54, base-calibrated ≈ 0.90; on the tiny fine-tunes of tests/test_attacks_text_calibration.py
-(20 members vs 40 held-out works of one artist) 0.62–0.77 → 0.92–0.99.
+is what the fine-tune changed for this image. This is difficulty calibration (Watson et al., "On the
+Importance of Difficulty Calibration in Membership Inference Attacks", ICLR 2022), the single-reference
+form of reference-model attacks (Carlini et al., "Membership Inference Attacks From First Principles",
+IEEE S&P 2022), with one known-clean reference model instead of trained shadow models.
+
+Measured: on a held-out LoRA fine-tune of one artist's works (DESIGN.md) uncalibrated loss AUC ≈ 0.54,
+base-calibrated ≈ 0.90; on the tiny fine-tunes of tests/test_attacks_text_calibration.py (20 members vs
+40 held-out works of one artist) 0.62–0.77 → 0.92–0.99.
 
 Mechanics:
 
@@ -66,7 +67,7 @@ class Calibrated(Attack):
     """
 
     name = "calibrated"
-    paper = "reference-model calibration (Carlini et al. S&P 2022; Watson et al. ICLR 2022)"
+    paper = "reference-model difficulty calibration (Watson et al. ICLR 2022; Carlini et al. S&P 2022)"
     access = "gray"
 
     attack: Any = None

@@ -29,7 +29,17 @@ Implementation notes:
   nothing is written to the parameters' ``.grad``; parameters that had ``requires_grad=False`` get it
   only for the duration of the call;
 - the loss is the per-element mean squared error of the ε-prediction (the standard training loss);
-  noise draws use the loss attack's tags ``eps/t{t}/k0``, so the two see the same ε.
+  noise draws use the loss attack's tags ``eps/t{t}/k0``, so the two see the same ε;
+- gradients are taken in the target's dtype; in float16 small per-layer gradients can underflow, so
+  run GSA with float32 or bfloat16 weights.
+
+Timesteps: the paper spreads K timesteps evenly over the whole chain. On our benchmarks the small
+ones carry the signal, so the default is K = 3 at t ∈ {50, 100, 200}. Measured here (AUC, 95% CI):
+on ``memorized_ddpm`` the scalar score reaches 1.00 [0.99, 1.00]; on ``overfit_ddpm`` 0.71
+[0.66, 0.75] with the defaults, 0.63 at t ∈ {100, 300, 500} and 0.67 with ten evenly spaced
+timesteps. The features carry more than the scalar: a 5-fold cross-fitted logistic regression on the
+log features reaches 0.86 on ``overfit_ddpm`` with the default timesteps — the paper's way of using
+them (with XGBoost), which here belongs to the analysis layer.
 """
 from __future__ import annotations
 
@@ -70,7 +80,7 @@ class GSA(Attack):
     paper = "Pang et al., PoPETs 2025 / arXiv 2308.06405 (GSA, white-box gradient attack)"
     access = "white"
 
-    timesteps: list[int] = field(default_factory=lambda: [100, 300, 500])
+    timesteps: list[int] = field(default_factory=lambda: [50, 100, 200])
     variant: int = 1
     group_by: str = "parameter"
 
@@ -86,7 +96,9 @@ class GSA(Attack):
         self._check_timesteps(target, self.timesteps)
         unet = getattr(target, "unet", None)
         if not isinstance(unet, torch.nn.Module) or not any(True for _ in unet.parameters()):
-            raise AttackSetupError("GSA needs white-box access: a target exposing its denoiser's parameters (target.unet)")
+            raise AttackSetupError(
+                "GSA needs white-box access: a target exposing its denoiser's parameters (target.unet)"
+            )
 
     def evaluations_per_image(self) -> int:
         """K denoiser forward passes per image; each image also costs one backward pass (GSA₁) or K (GSA₂)."""

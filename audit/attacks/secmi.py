@@ -24,6 +24,18 @@ Details checked against the paper and its public code:
 The inversion trajectory is memoised per batch under (interval, t) by :func:`ddim_inversion`, so SecMI
 configs with the same interval (different t_sec) and other attacks that walk the same trajectory reuse
 every evaluation they have in common.
+
+Regime (measured here; ``tests/test_attacks_secmi_rediffuse.py``). One round trip gives
+x̂_{t_sec} − x̃_{t_sec} = c · (ε̂(x̃_{t_sec}, t_sec) − ε̂(x̃_{t_sec+k}, t_sec+k)), a *second-order*
+(consistency) signal, and it is fragile on small models. The inversion starts from ε̂(x0, 0), which is
+smaller for members (rms 0.28 vs 0.37 on the 8×8 overfit DDPM; 0.44 vs 0.81 on the collapsed one), so a
+member's x̃_t carries less noise than the forward process would put there (rms 0.4–0.7 instead of 1 at
+t = 50–100): it is further off the marginals the model was trained on and *less* self-consistent. Where
+that dominates, the ranking inverts: on the 8×8 overfit DDPM AUC is 0.76 at t_sec = 10 but 0.41–0.51
+for t_sec = 50–200 (0.44 at the paper's 100), and on a model collapsed onto 16 images it is 0.10 at
+t_sec = 100 (PIA, also built on ε̂(x0, 0), inverts there too). The paper's t_sec = 100 is for 32×32
+CIFAR DDPMs and Stable Diffusion; on low-resolution or collapsed models pick t_sec on known members and
+check the direction before relying on it.
 """
 from __future__ import annotations
 

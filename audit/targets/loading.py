@@ -245,7 +245,8 @@ def load_target(
         source=str(source),
         prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
         num_train_timesteps=int(pipe.scheduler.config.get("num_train_timesteps", 1000)),
-        fingerprint=fingerprint_of(files),
+        # the LoRA scale changes the weights actually used, so it is part of the fingerprint
+        fingerprint=fingerprint_of({**files, "lora_scale": str(float(lora_scale))} if lora_names else files),
         files=files,
         lora=tuple(lora_names),
         classes=classes,
