@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -138,3 +139,20 @@ def evidence_from_tensors(members: torch.Tensor, held_out: torch.Tensor):
     records = [ImageRecord(image_id=hashlib.sha256(p.numpy().tobytes()).hexdigest(), path=f"mem://{i}", role=r)
                for i, (p, r) in enumerate(zip(pixels, roles))]
     return EvidenceSet(records, pixels)
+
+
+@contextmanager
+def count_forward_calls(model_cls):
+    """Count the images passed through ``model_cls.forward`` (a UNet class) inside the block."""
+    calls = {"n": 0}
+    orig = model_cls.forward
+
+    def counting_forward(self, sample, *a, **k):
+        calls["n"] += sample.shape[0]
+        return orig(self, sample, *a, **k)
+
+    model_cls.forward = counting_forward
+    try:
+        yield calls
+    finally:
+        model_cls.forward = orig

@@ -8,7 +8,7 @@ import torch
 from audit.attacks import PIA, PIAN, AttackSetupError, LossAttack, NoiseSource, score_evidence
 from audit.stats import auc_with_ci, mann_whitney
 from audit.targets import load_target
-from tests.conftest import evidence_for, evidence_from_tensors
+from tests.conftest import count_forward_calls, evidence_for, evidence_from_tensors
 
 ATTACKS = {
     "loss": LossAttack(timesteps=[50, 100, 200], n_noise=2),
@@ -112,20 +112,10 @@ def test_batch_size_invariant(memorized_ddpm):
 def test_declared_evaluations_match_unet_calls(memorized_ddpm, name):
     from diffusers import UNet2DModel
 
-    calls = {"n": 0}
-    orig = UNet2DModel.forward
-
-    def counting_forward(self, sample, *a, **k):
-        calls["n"] += sample.shape[0]
-        return orig(self, sample, *a, **k)
-
     n_img = 6
-    UNet2DModel.forward = counting_forward
-    try:
+    with count_forward_calls(UNet2DModel) as calls:
         _, target = _scores(memorized_ddpm.model_dir, memorized_ddpm.member_paths[:3],
                             memorized_ddpm.held_out_paths[:3], attacks={name: ATTACKS[name]}, batch_size=4)
-    finally:
-        UNet2DModel.forward = orig
     assert calls["n"] == ATTACKS[name].evaluations_per_image() * n_img == target.unet_evals
 
 

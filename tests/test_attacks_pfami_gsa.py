@@ -13,7 +13,7 @@ from audit.attacks.gsa import GSA
 from audit.attacks.pfami import PFAMI, center_zoom
 from audit.stats import auc_with_ci, mann_whitney
 from audit.targets import load_target
-from tests.conftest import evidence_for
+from tests.conftest import count_forward_calls, evidence_for
 
 # Paper-shaped but cheap: PFAMI with 3 crop strengths at 2 timesteps (8 evaluations), GSA_1 at 3 timesteps.
 ATTACKS = {
@@ -91,20 +91,10 @@ def test_batch_size_invariant(memorized_ddpm):
 def test_declared_evaluations_match_unet_calls(memorized_ddpm, attack):
     from diffusers import UNet2DModel
 
-    calls = {"n": 0}
-    orig = UNet2DModel.forward
-
-    def counting_forward(self, sample, *a, **k):
-        calls["n"] += sample.shape[0]
-        return orig(self, sample, *a, **k)
-
     n_img = 4
-    UNet2DModel.forward = counting_forward
-    try:
+    with count_forward_calls(UNet2DModel) as calls:
         _, target = _scores(memorized_ddpm.model_dir, memorized_ddpm.member_paths[:2],
                             memorized_ddpm.held_out_paths[:2], attacks={"a": attack}, batch_size=3)
-    finally:
-        UNet2DModel.forward = orig
     assert calls["n"] == attack.evaluations_per_image() * n_img == target.unet_evals
 
 

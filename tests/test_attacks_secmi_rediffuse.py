@@ -13,7 +13,7 @@ from audit.attacks.secmi import SecMI
 from audit.stats import auc_with_ci, mann_whitney
 from audit.targets import load_target
 from audit.types import EvidenceSet
-from tests.conftest import evidence_for, evidence_from_tensors
+from tests.conftest import count_forward_calls, evidence_for, evidence_from_tensors
 
 ATTACKS = {"secmi": SecMI(t_sec=100, interval=10), "rediffuse": ReDiffuse(t=100, steps=10, n=4)}
 # cheaper settings for the mechanical properties (seeding, batching), which do not depend on them
@@ -108,19 +108,9 @@ def test_batch_size_invariant(memorized_ddpm):
 def test_declared_evaluations_match_unet_calls(memorized_ddpm, name):
     from diffusers import UNet2DModel
 
-    calls = {"n": 0}
-    orig = UNet2DModel.forward
-
-    def counting_forward(self, sample, *a, **k):
-        calls["n"] += sample.shape[0]
-        return orig(self, sample, *a, **k)
-
-    UNet2DModel.forward = counting_forward
-    try:
+    with count_forward_calls(UNet2DModel) as calls:
         _, target = _scores(memorized_ddpm.model_dir, memorized_ddpm.member_paths[:2],
                             memorized_ddpm.held_out_paths[:1], attacks={name: ATTACKS[name]}, batch_size=2)
-    finally:
-        UNet2DModel.forward = orig
     assert calls["n"] == ATTACKS[name].evaluations_per_image() * 3 == target.unet_evals
     assert ATTACKS["secmi"].evaluations_per_image() == 12 and ATTACKS["rediffuse"].evaluations_per_image() == 40
 

@@ -40,6 +40,7 @@ from audit.data import ARTISTS, render_artwork  # noqa: E402
 from audit.stats import auc_with_ci  # noqa: E402
 from audit.targets import Target, load_target  # noqa: E402
 from audit.types import EvidenceSet, ImageRecord  # noqa: E402
+from tests.conftest import count_forward_calls
 
 RES = 16  # pixels; latents are 8x8
 ARTIST = "circles"  # the artist whose works the LoRA is fine-tuned on
@@ -289,20 +290,10 @@ def test_declared_evaluations_match_unet_calls(finetune, name):
     from diffusers import UNet2DConditionModel
 
     attack = _suite(finetune)[name]
-    calls = {"n": 0}
-    orig = UNet2DConditionModel.forward
-
-    def counting_forward(self, sample, *a, **k):
-        calls["n"] += sample.shape[0]
-        return orig(self, sample, *a, **k)
-
     ev = finetune.evidence(3, 2)
     before = finetune.tuned.unet_evals, finetune.base.unet_evals
-    UNet2DConditionModel.forward = counting_forward
-    try:
+    with count_forward_calls(UNet2DConditionModel) as calls:
         _score(finetune.tuned, ev, {name: attack}, batch_size=4)
-    finally:
-        UNet2DConditionModel.forward = orig
     on_target = finetune.tuned.unet_evals - before[0]
     on_reference = finetune.base.unet_evals - before[1]
     assert calls["n"] == attack.evaluations_per_image() * 5 == on_target + on_reference
