@@ -61,12 +61,18 @@ def train_ddpm(
     hflip: bool = False,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 200,
 ) -> dict:
     """Train ``unet`` with the standard ε-prediction loss on ``images`` (float in [-1, 1]).
 
     Deterministic for a given seed on the same machine. Augmentation is off by default: the point of
     these models is to memorise their member split, as a small fine-tuning set does in the real case.
     Returns a small dict of training statistics (final loss, wall time).
+
+    ``checkpoint``: a file to which model, optimiser and random-generator state are saved every
+    ``checkpoint_every`` steps (atomically); if it exists when training starts, training resumes from it
+    and ends with exactly the weights an uninterrupted run would have produced.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -78,8 +84,27 @@ def train_ddpm(
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     t0 = time.time()
     losses: list[float] = []
-    bar = tqdm(range(steps), desc="train DDPM", disable=not progress)
-    for _ in bar:
+    start, elapsed = 0, 0.0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and plain containers only
+        if state["seed"] != seed or state["batch_size"] != batch_size or state["n_images"] != n:
+            raise ValueError(f"checkpoint {ckpt} was made with other settings (seed/batch/images); delete it to restart")
+        unet.load_state_dict(state["unet"])
+        opt.load_state_dict(state["opt"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start, losses, elapsed = int(state["step"]), list(state["losses"]), float(state["elapsed"])
+
+    def save_checkpoint(step: int) -> None:
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "generator": g.get_state(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "losses": losses, "seed": seed,
+                    "batch_size": batch_size, "n_images": n, "elapsed": elapsed + time.time() - t0}, tmp)
+        tmp.replace(ckpt)
+
+    bar = tqdm(range(start, steps), desc="train DDPM", disable=not progress, initial=start, total=steps)
+    for step in bar:
         idx = torch.randint(0, n, (min(batch_size, n),), generator=g) if n > batch_size else torch.randperm(n, generator=g)
         x0 = images[idx]
         if hflip:
@@ -98,9 +123,12 @@ def train_ddpm(
         losses.append(float(loss.detach()))
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.4f}")
+        if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            save_checkpoint(step + 1)
     unet.eval()
     tail = losses[-50:] or [float("nan")]
-    return {"steps": steps, "final_loss": sum(tail) / len(tail), "seconds": time.time() - t0,
+    return {"steps": steps, "final_loss": sum(tail) / len(tail), "seconds": elapsed + time.time() - t0,
+            "resumed_from_step": start,
             "batch_size": batch_size, "lr": lr, "seed": seed}
 
 
