@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "attack_table")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "audit" / "attack_table")
     ap.add_argument("--targets", default="ddpm_overfit,ddpm_memorized,lora")
+    ap.add_argument("--merge", action="store_true", help="keep the other targets' rows from an earlier run")
     args = ap.parse_args()
     t_start = time.time()
     specs = attack_specs()
@@ -156,17 +157,24 @@ def main() -> None:
             rows.append(row)
             print(tname, name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                                 if k in ("status", "auc", "tpr_at_1pct_fpr", "evals_per_image_counted")}, flush=True)
-            if row["status"] == "ok" and "calibrated" not in name:
+            if row["status"] == "ok":
                 usable[name] = attack
-        # the same attacks in one run, sharing noise draws and ε̂ within each batch
-        before = target.unet_evals
+        # the same attacks in one run, sharing noise draws and ε̂ within each batch; evaluations of the
+        # target and of the reference model (calibrated variants) both count
+        refs = {id(a.reference_target()): a.reference_target() for a in usable.values() if hasattr(a, "reference_target")}
+        before = target.unet_evals + sum(r.unet_evals for r in refs.values())
         score_evidence(target, ev, usable, batch_size=64, seed=0, progress=False)
-        together = (target.unet_evals - before) / len(ev)
+        together = (target.unet_evals + sum(r.unet_evals for r in refs.values()) - before) / len(ev)
         alone = sum(a.evaluations_per_image() for a in usable.values())
         sharing[tname] = {"attacks": list(usable), "evals_per_image_alone_sum": alone,
                           "evals_per_image_suite": together, "saving": 1 - together / alone if alone else 0.0}
         print(tname, "sharing", sharing[tname], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    done = set(args.targets.split(","))
+    if args.merge and (args.out / "attack_table.json").is_file():
+        old = json.loads((args.out / "attack_table.json").read_text())
+        rows = [r for r in old["rows"] if r["target"] not in done] + rows
+        sharing = {**{k: v for k, v in old["sharing"].items() if k not in done}, **sharing}
     meta = {"command": "python scripts/attack_table.py", "machine": f"{os.cpu_count()} CPU cores (no GPU)",
             "torch_threads": torch.get_num_threads(), "wall_s": round(time.time() - t_start, 1)}
     (args.out / "attack_table.json").write_text(json.dumps({"meta": meta, "rows": rows, "sharing": sharing}, indent=2))
