@@ -196,6 +196,28 @@ def test_gsa_variants_agree_with_one_timestep_and_differ_with_several(memorized_
     assert (many2 >= many1 - 1e-6).all() and (many2 > many1 + 1e-6).any()
 
 
+def test_gsa_declared_backward_passes_equal_the_gradient_calls(memorized_ddpm, monkeypatch):
+    """Backward passes are a cost too: the declared count per image equals the autograd.grad calls made."""
+    target = _target(memorized_ddpm.model_dir)
+    batch = _batch(target, memorized_ddpm.member_paths[:3])
+    real_grad = torch.autograd.grad
+    calls = {"n": 0}
+
+    def counting_grad(*args, **kwargs):
+        calls["n"] += 1
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    for variant, expected in ((1, 1), (2, 3)):
+        attack = GSA(timesteps=[50, 100, 200], variant=variant)
+        calls["n"] = 0
+        attack.features(target, batch)
+        assert attack.backward_passes_per_image() == expected
+        assert calls["n"] == 3 * expected
+        assert attack.describe()["backward_passes_per_image"] == expected
+    assert LossAttack().backward_passes_per_image() == 0
+
+
 # ---------------------------------------------------------------------------------------------- latent target
 def test_both_run_on_a_latent_text_to_image_target(tiny_sd, artworks):
     model, _ = tiny_sd

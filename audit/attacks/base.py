@@ -99,6 +99,10 @@ class Attack(abc.ABC):
     def evaluations_per_image(self) -> int:
         """Denoiser evaluations this attack makes per image."""
 
+    def backward_passes_per_image(self) -> int:
+        """Backward passes through the denoiser per image (white-box attacks; 0 for the rest)."""
+        return 0
+
     @abc.abstractmethod
     def score(self, target: Target, batch: Batch) -> torch.Tensor:
         """``[B]`` scores, higher = more member-like."""
@@ -108,7 +112,8 @@ class Attack(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "paper": self.paper, "access": self.access,
-                "evaluations_per_image": self.evaluations_per_image(), "params": self.params()}
+                "evaluations_per_image": self.evaluations_per_image(),
+                "backward_passes_per_image": self.backward_passes_per_image(), "params": self.params()}
 
     def _check_timesteps(self, target: Target, timesteps: Sequence[int]) -> None:
         bad = [t for t in timesteps if not 0 <= int(t) < target.num_train_timesteps]

@@ -104,6 +104,10 @@ class GSA(Attack):
         """K denoiser forward passes per image; each image also costs one backward pass (GSA₁) or K (GSA₂)."""
         return len(self.timesteps)
 
+    def backward_passes_per_image(self) -> int:
+        """GSA₁ back-propagates the mean loss over the K timesteps once; GSA₂ each timestep's loss."""
+        return 1 if int(self.variant) == 1 else len(self.timesteps)
+
     # ------------------------------------------------------------------ features
     def groups(self, target: Target) -> list[str]:
         """Feature names, in the column order of :meth:`features`."""
