@@ -3,10 +3,14 @@
 A results folder holds:
     scores.parquet   long-format ScoreTable (image_id, role, attack, params hash, target fingerprint, seed, score)
     images.parquet   one row per accepted artwork (sha256 image_id, path, role, caption, artist, ...)
+    features.parquet model-free image features per artwork (image_id, role, px_*/meta_* columns), computed
+                     from the evidence at scoring time for the blind-baseline gate; optional (older folders)
+    plan.json        the analysis plan and its SHA-256, written before scoring starts
     rejected.json    entries that could not be used, each with its reason
     run.json         run metadata (command, versions, seed, target, attacks, timings)
     config.yaml      the fully resolved config
     analysis.json    the statistical analysis (written by the analysis step)
+    report.html, report.pdf   the report
 Everything after scoring reads only these files, so reports can be regenerated without the model.
 """
 from __future__ import annotations
@@ -29,6 +33,8 @@ REJECTED = "rejected.json"
 RUN = "run.json"
 CONFIG = "config.yaml"
 ANALYSIS = "analysis.json"
+FEATURES = "features.parquet"
+PLAN = "plan.json"
 
 
 @dataclass
@@ -38,12 +44,14 @@ class RunData:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     config_yaml: str = ""
+    features: pd.DataFrame | None = None  # model-free features (blind baseline); None for older folders
 
 
 def package_versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in ("diffusion-membership-audit", "torch", "diffusers", "transformers", "peft", "safetensors",
-                 "numpy", "scipy", "scikit-learn", "pandas", "hydra-core", "statsmodels", "matplotlib"):
+                 "numpy", "scipy", "scikit-learn", "pandas", "hydra-core", "statsmodels", "matplotlib",
+                 "jinja2", "weasyprint"):
         try:
             out[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
@@ -56,6 +64,8 @@ def write_run(out_dir: str | Path, run: RunData) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     run.scores.df.to_parquet(out / SCORES, index=False)
     run.images.to_parquet(out / IMAGES, index=False)
+    if run.features is not None:
+        run.features.to_parquet(out / FEATURES, index=False)
     write_json(out / REJECTED, run.rejected)
     write_json(out / RUN, run.metadata)
     if run.config_yaml:
@@ -73,6 +83,7 @@ def read_run(out_dir: str | Path) -> RunData:
         rejected=read_json(d / REJECTED, []),
         metadata=read_json(d / RUN, {}),
         config_yaml=(d / CONFIG).read_text() if (d / CONFIG).is_file() else "",
+        features=pd.read_parquet(d / FEATURES) if (d / FEATURES).is_file() else None,
     )
 
 

@@ -66,6 +66,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         timings["scenario_s"] = time.time() - t0
 
     attacks = build_attacks(cfg)  # fail on a bad attack config before loading anything heavy
+    plan_record = declare_plan(cfg.stats, out)  # the analysis plan, fixed (and hashed) before any score exists
     t0 = time.time()
     target = instantiate(cfg.target, _convert_="all")
     timings["load_target_s"] = time.time() - t0
@@ -77,6 +78,11 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         log.warning("rejected %s (%s): %s", rej.path, rej.role, rej.reason)
     if len(evidence) == 0:
         raise ValueError("no usable artworks: every manifest entry was rejected (see the reasons above)")
+    t0 = time.time()
+    from audit.stats.blind import blind_features
+
+    features = blind_features(evidence)  # model-free features for the blind-baseline gate
+    timings["blind_features_s"] = time.time() - t0
 
     t0 = time.time()
     scores = score_evidence(target, evidence, attacks, batch_size=int(rt.batch_size), seed=int(cfg.seed),
@@ -103,27 +109,51 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         "n_images": len(evidence),
         "n_rejected": len(evidence.rejected),
         "scenario": scenario_record,
+        "analysis_plan": plan_record,
     }
+    if cfg.get("reconstruction") and cfg.reconstruction.get("enabled", False):
+        # reconstruction tests (issue 4): recon_* rows join the ScoreTable, figures + seeds go to <out>/reconstruction
+        from audit.reconstruction import run_reconstruction
+        from audit.types import ScoreTable
+
+        t0 = time.time()
+        recon = run_reconstruction(target, evidence, cfg.reconstruction, out / "reconstruction", seed=int(cfg.seed),
+                                   progress=progress)
+        scores = ScoreTable.concat([scores, recon.scores])
+        metadata["reconstruction"] = recon.metadata()
+        timings["reconstruction_s"] = time.time() - t0
     run = io.RunData(
         scores=scores,
         images=evidence.image_table(),
         rejected=[r.to_dict() for r in evidence.rejected],
         metadata=metadata,
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        features=features,
     )
     report = analyze_and_report(run, cfg.stats, cfg.report, out, timings=timings, t_start=t_start)
     return report
 
 
+def declare_plan(stats_cfg: Any, out: Path) -> dict[str, Any]:
+    """Instantiate the analysis plan and write it with its SHA-256 to ``plan.json`` (before scoring)."""
+    plan = instantiate(stats_cfg, _convert_="all") if isinstance(stats_cfg, DictConfig) else stats_cfg
+    record = {"sha256": plan.sha256(), "declared_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "plan": plan.to_dict()}
+    io.write_json(Path(out) / io.PLAN, record)
+    return record
+
+
 def analyze_and_report(run: io.RunData, stats_cfg: Any, report_cfg: Any, out: Path,
                        timings: dict[str, float] | None = None, t_start: float | None = None) -> Path:
-    """Analyse a ScoreTable and write analysis.json + the HTML report. Used by runs and by scripts/report.py."""
-    from audit.report import render_html
+    """Analyse a ScoreTable and write analysis.json + the report (HTML, and PDF when configured).
+    Used by runs and by scripts/report.py. Returns the HTML report's path (the folder without a report)."""
+    from audit.report import write_reports
     from audit.stats import analyze
 
     plan = instantiate(stats_cfg, _convert_="all") if isinstance(stats_cfg, DictConfig) else stats_cfg
     t0 = time.time()
-    result = analyze(run.scores, run.images, plan)
+    recorded = (run.metadata.get("analysis_plan") or {}).get("sha256")
+    result = analyze(run.scores, run.images, plan, features=run.features, recorded_plan_sha256=recorded)
     timings = dict(timings or {})
     timings["analysis_s"] = time.time() - t0
     if t_start is not None:
@@ -136,6 +166,11 @@ def analyze_and_report(run: io.RunData, stats_cfg: Any, report_cfg: Any, out: Pa
         print(f"results: {out}")
         return out
     metadata = {**run.metadata, "config_yaml": run.config_yaml}
-    report = render_html(result, run.scores, run.images, run.rejected, metadata, out / report_cfg.get("filename", "report.html"))
-    print(f"report: {report}")
-    return Path(report)
+    written = write_reports(result, run.scores, run.images, run.rejected, metadata, out,
+                            formats=list(report_cfg.get("formats", ["html", "pdf"])),
+                            filename=report_cfg.get("filename", "report.html"),
+                            pdf_filename=report_cfg.get("pdf_filename", "report.pdf"),
+                            features=run.features)
+    for kind, path in written.items():
+        print(f"report ({kind}): {path}")
+    return Path(written.get("html", out))

@@ -92,6 +92,7 @@ def audit_run(memorized_ddpm, tmp_path_factory):
         "runtime.progress=false",
         "stats.n_permutations=2000",
         "stats.n_bootstrap=300",
+        "stats.crossfit_permutations=199",
     ])
     out = root / "results"
     report = run_audit(cfg, out)
@@ -122,6 +123,11 @@ def test_results_folder_is_complete_and_typed(audit_run):
     assert meta["unet_evaluations"] == 48 * (6 + 2)
     assert meta["target"]["fingerprint"] == df["target_fingerprint"].iloc[0]
     assert "torch" in meta["versions"] and "seed: 0" in run.config_yaml
+    # model-free features for the blind baseline, one row per accepted work; the plan recorded before scoring
+    assert run.features is not None and set(run.features["image_id"]) == set(run.images["image_id"])
+    plan = json.loads((out / io.PLAN).read_text())
+    assert plan["sha256"] == meta["analysis_plan"]["sha256"] == json.loads((out / io.ANALYSIS).read_text())["plan_sha256"]
+    assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_report_regenerates_without_the_model(audit_run, tmp_path, monkeypatch):
@@ -135,6 +141,14 @@ def test_report_regenerates_without_the_model(audit_run, tmp_path, monkeypatch):
     assert analysis["plan"]["alpha"] == 0.01
     assert "α = 0.01" in Path(new).read_text()
     pd.testing.assert_frame_equal(io.read_run(tmp_path).scores.df, io.read_run(out).scores.df)
+    # the PDF is regenerated too, and every gate ran from the stored files (blind features included)
+    pdf = (tmp_path / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and len(pdf) > 10_000
+    assert {g["name"]: g["status"] for g in analysis["gates"]}["blind_baseline"] in ("pass", "fail")
+    # a plan changed after scoring is labelled exploratory; the original plan regenerates as confirmatory
+    assert analysis["verdict"]["confirmatory"] is False
+    report_script.main([str(out), "--out", str(tmp_path / "same"), "--formats", "html"])
+    assert json.loads((tmp_path / "same" / io.ANALYSIS).read_text())["verdict"]["confirmatory"] is True
 
 
 def test_hydra_multirun_over_attacks_writes_one_report_per_attack(memorized_ddpm, audit_run, tmp_path):
@@ -146,7 +160,8 @@ def test_hydra_multirun_over_attacks_writes_one_report_per_attack(memorized_ddpm
     manifest = out.parent / "manifest.csv"
     cmd = [sys.executable, "-m", "audit", "-m", "experiment=own_model", f"target.source={memorized_ddpm.model_dir}",
            "target.local_files_only=true", f"data.manifest={manifest}", "attack=loss,pia", "runtime.progress=false",
-           "stats.n_permutations=200", "stats.n_bootstrap=50", f"paths.results_dir={tmp_path}", "name=sweep"]
+           "stats.n_permutations=200", "stats.n_bootstrap=50", "stats.crossfit_permutations=99", "report.formats=[html]",
+           f"paths.results_dir={tmp_path}", "name=sweep"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     analyses = sorted(tmp_path.rglob(io.ANALYSIS))

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.report import histogram_png, render_html, roc_png
+from audit.report import histogram_png, limitations, plain_summary, render_html, roc_png, write_reports
+from audit.report import html as report_html
 from audit.stats import AnalysisPlan, analyze
 from audit.types import ScoreTable
 
@@ -80,7 +81,10 @@ def test_render_html_contains_verdict_attacks_rejections_and_figures(tmp_path, a
     assert "2.13.0" in text  # nested metadata rendered
     # Every figure is inlined, decodes to a PNG, and nothing is fetched from outside.
     blobs = re.findall(r'<img[^>]+src="data:image/png;base64,([A-Za-z0-9+/=]+)"', raw)
-    assert len(blobs) == 1 + 2  # ROC + one histogram per attack
+    # ROC (suspects vs controls) + ROC (members vs nonmembers) + one histogram per attack + the per-artwork
+    # p-value histogram + one figure per gate that ran (placebo, positive control, power; no blind features here)
+    assert [g.status != "not_run" for g in result.gates] == [False, True, True, True]
+    assert len(blobs) == 2 + 2 + 1 + 3
     assert all(base64.b64decode(b).startswith(PNG_MAGIC) for b in blobs)
     assert not re.search(r'(src|href)="(https?:)?//', raw)
     # Untrusted text is escaped (autoescape on), not injected as markup.
@@ -92,7 +96,7 @@ def test_render_html_contains_verdict_attacks_rejections_and_figures(tmp_path, a
 def test_render_html_says_none_without_rejections(tmp_path, audit_inputs):
     result, scores, images, _, metadata = audit_inputs
     raw = render_html(result, scores, images, [], metadata, tmp_path / "r.html").read_text(encoding="utf-8")
-    section = raw.split('id="rejected"', 1)[1].split('id="notes"', 1)[0]
+    section = raw.split('id="rejected"', 1)[1].split('id="model"', 1)[0]
     assert "None" in section and "<table" not in section
 
 
@@ -113,3 +117,92 @@ def test_figures_are_png_and_roc_needs_two_classes():
     assert histogram_png(only_suspects, "loss").startswith(PNG_MAGIC)
     with pytest.raises(ValueError, match="not in the ScoreTable"):
         histogram_png(scores, "nope")
+
+
+SECTIONS = ("summary", "plan", "data", "model", "methods", "results", "gates", "limitations", "appendix")
+
+
+def test_report_has_every_section_the_plan_hash_and_plain_language(tmp_path, audit_inputs):
+    result, scores, images, rejected, metadata = audit_inputs
+    meta = {**metadata, "attacks": {"loss": {"name": "loss", "paper": "Matsumoto et al. 2023", "access": "gray",
+                                             "params": {"attack": "LossAttack", "timesteps": [100]}}}}
+    raw = render_html(result, scores, images, rejected, meta, tmp_path / "r.html").read_text(encoding="utf-8")
+    text = html.unescape(raw)
+    positions = [raw.index(f'id="{s}"') for s in SECTIONS]
+    assert positions == sorted(positions)
+    assert result.plan_sha256 in text and len(result.plan_sha256) == 64
+    assert "Matsumoto et al. 2023" in text
+    assert "ε-prediction MSE" in text  # the attack's docstring explains what it measures
+    summary = plain_summary(result)
+    assert result.verdict.decision == "reject_h0"
+    assert "inconsistent with no suspect work being in the training data" in summary[0]
+    assert all(p in text for p in summary)
+    assert "Inconsistent with no suspect work being in the training data, at α = 0.05" in text
+    lims = limitations(result)
+    assert any("not proof of absence" in x for x in lims) and all(x in text for x in lims)
+    for g in result.gates:
+        assert g.summary in text
+    assert "Storey" in text and "bootstrap interval" in text
+
+
+def _pdf_pages(pdf: bytes) -> int:
+    """Page objects in a PDF, looking inside compressed object streams too (no PDF library needed)."""
+    import zlib
+
+    chunks = [pdf]
+    for m in re.finditer(rb"/FlateDecode.*?stream\r?\n", pdf, re.S):
+        try:
+            chunks.append(zlib.decompressobj().decompress(pdf[m.end():]))
+        except zlib.error:
+            pass
+    return sum(len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", c)) for c in chunks)
+
+
+def test_write_reports_writes_html_and_a_paged_pdf(tmp_path, audit_inputs):
+    result, scores, images, rejected, metadata = audit_inputs
+    written = write_reports(result, scores, images, rejected, metadata, tmp_path, formats=["html", "pdf"])
+    assert set(written) == {"html", "pdf"}
+    pdf = written["pdf"].read_bytes()
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    assert _pdf_pages(pdf) >= 3
+    assert "PDF report not written" not in written["html"].read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown report formats"):
+        write_reports(result, scores, images, rejected, metadata, tmp_path, formats=["docx"])
+
+
+def test_a_pdf_failure_keeps_the_html_and_says_so(tmp_path, audit_inputs, monkeypatch, capsys):
+    import sys
+
+    result, scores, images, rejected, metadata = audit_inputs
+    monkeypatch.setitem(sys.modules, "weasyprint", None)  # as if WeasyPrint were not installed
+    written = write_reports(result, scores, images, rejected, metadata, tmp_path, formats=["html", "pdf"])
+    assert set(written) == {"html"} and not (tmp_path / "report.pdf").exists()
+    raw = html.unescape(written["html"].read_text(encoding="utf-8"))
+    assert "PDF report not written" in raw and "WeasyPrint is not installed" in raw
+    assert result.verdict.sentence in raw
+    assert "PDF report NOT written" in capsys.readouterr().out
+    # missing system libraries (pango) are reported with the Debian packages to install
+    class NoPango:
+        def __getattr__(self, name):
+            raise OSError("cannot load library 'libpango-1.0-0'")
+
+    monkeypatch.setitem(sys.modules, "weasyprint", NoPango())
+    with pytest.raises(report_html.PdfUnavailable, match="libpangoft2-1.0-0"):
+        report_html.render_pdf(written["html"], tmp_path / "x.pdf")
+
+
+def test_withheld_verdict_is_rendered_with_the_failed_gate(tmp_path):
+    scores = make_table(1.0, n_suspect=20, n_control=60)
+    ids = scores.df.drop_duplicates("image_id")[["image_id", "role"]].reset_index(drop=True)
+    rng = np.random.default_rng(1)
+    features = ids.assign(px_mean_r=rng.normal(size=len(ids)) + np.where(ids["role"] == "suspect", 3.0, 0.0),
+                          px_gradient=rng.normal(size=len(ids)))
+    plan = AnalysisPlan(n_permutations=199, n_bootstrap=50, crossfit_permutations=99, n_placebo=200)
+    result = analyze(scores, None, plan, features=features)
+    assert result.verdict.decision == "withheld"
+    raw = html.unescape(render_html(result, scores, None, [], {}, tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert "Verdict withheld" in raw and result.gate("blind_baseline").summary in raw
+    assert "FAILED" in raw
+    assert "No verdict is given" in plain_summary(result)[0]
+    blobs = re.findall(r'<img[^>]+src="data:image/png;base64,([A-Za-z0-9+/=]+)"', raw)
+    assert len(blobs) == 1 + 1 + 1 + 3  # ROC, histogram, p-values, gates: blind baseline, placebo, power

@@ -311,3 +311,141 @@ def test_plan_validation():
     with pytest.raises(ValueError):
         AnalysisPlan(test="t_test")  # type: ignore[arg-type]
     assert AnalysisPlan(fpr_levels=[0.01]).fpr_levels == (0.01,)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- calibration under H0 (Kolmogorov–Smirnov)
+def test_mann_whitney_pvalues_are_uniform_under_h0_and_ks_can_tell():
+    """2000 null draws: MWU p-values pass a KS test for uniformity; under a shift the same check fails."""
+    from scipy.stats import kstest
+
+    rng = np.random.default_rng(11)
+    s, c = rng.normal(size=(2000, 20)), rng.normal(size=(2000, 60))
+    p = T.mann_whitney_batch(s, c)
+    assert kstest(p, "uniform").pvalue > 0.01
+    assert abs((p <= 0.05).mean() - 0.05) < 3 * np.sqrt(0.05 * 0.95 / 2000)
+    # the batch and the single-call versions agree
+    assert p[0] == pytest.approx(mann_whitney(s[0], c[0]).p_value)
+    # The KS check has power: a 0.3-sd shift makes the p-values visibly non-uniform.
+    assert kstest(T.mann_whitney_batch(s + 0.3, c), "uniform").pvalue < 1e-6
+
+
+def test_permutation_pvalues_are_uniform_under_h0():
+    from scipy.stats import kstest
+
+    rng = np.random.default_rng(12)
+    s, c = rng.standard_t(3, size=(1000, 15)), rng.standard_t(3, size=(1000, 45))
+    p = T.permutation_pvalues_batch(s, c, n_resamples=999, seed=1)
+    assert p.min() >= 1 / 1000  # +1 correction
+    assert kstest(p, "uniform").pvalue > 0.01
+    # Same p-value as scipy's permutation_test up to Monte-Carlo error.
+    ref = permutation_test(s[0], c[0], n_resamples=9999, seed=0).p_value
+    assert T.permutation_pvalues_batch(s[:1], c[0], n_resamples=9999, seed=3)[0] == pytest.approx(ref, abs=0.02)
+
+
+def test_crossfit_permutation_test_is_exactly_valid_under_exchangeability():
+    """Heavy-tailed, differently scaled features, 8 suspects vs 28 controls, 3 folds, 19 permutations: the
+    observed out-of-fold AUC's rank among the permuted ones is uniform, so the randomised p-value
+    p − U/(B+1) is exactly U(0, 1) (KS), and P(p ≤ α) ≤ α at every grid level."""
+    from scipy.stats import kstest
+
+    rng = np.random.default_rng(13)
+    B, draws = 19, 150
+    p = np.empty(draws)
+    for i in range(draws):
+        X = rng.standard_t(2, size=(36, 3)) * np.array([1.0, 10.0, 0.1])
+        p[i] = T.crossfit_test(X[:8], X[8:], n_permutations=B, folds=3, seed=i).test.p_value
+    assert set(np.round(p * (B + 1)).astype(int)) <= set(range(1, B + 2))
+    u = p - rng.uniform(size=draws) / (B + 1)
+    assert kstest(u, "uniform").pvalue > 0.01
+    for k in (2, 5):  # α = 0.1, 0.25
+        assert (p <= k / (B + 1)).mean() <= k / (B + 1) + 3 * np.sqrt(k / (B + 1) / draws)
+
+
+def test_crossfit_test_detects_a_known_shift_and_learns_its_direction():
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(80, 3))
+    X[:20, 1] += 1.2  # suspects differ in feature 1 only
+    r = T.crossfit_test(X[:20], X[20:], n_permutations=199, folds=5, seed=0, feature_names=["a", "b", "c"])
+    assert r.test.p_value <= 0.01 and r.auc > 0.7
+    assert r.test.p_value >= 1 / 200  # +1 correction
+    assert np.argmax(r.coef) == 1 and r.coef[1] > 0
+    assert r.features == ("a", "b", "c") and len(r.null) == 199
+    # Deterministic for a seed; a constant column is dropped, not fatal.
+    again = T.crossfit_test(X[:20], X[20:], n_permutations=199, folds=5, seed=0, feature_names=["a", "b", "c"])
+    assert again.test == r.test
+    Xc = np.c_[X, np.ones(80)]
+    assert T.crossfit_test(Xc[:20], Xc[20:], 49, 5, 0, feature_names=list("abcd")).dropped == ("d",)
+
+
+def test_power_on_a_known_shift_matches_noether():
+    """Simulated MWU power at a 0.8-sd shift agrees with Noether's approximation, and the n it solves for
+    reaches the target power."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(15)
+    shift, n_c, alpha = 0.8, 100, 0.05
+    auc = float(norm.cdf(shift / np.sqrt(2)))  # true AUC of N(δ,1) vs N(0,1)
+    n = T.noether_n(auc, n_c, alpha, 0.8)
+    assert n is not None and 5 < n < 40
+    sim = (T.mann_whitney_batch(rng.normal(shift, 1, (2000, n)), rng.normal(size=(2000, n_c))) <= alpha).mean()
+    assert sim == pytest.approx(0.8, abs=0.06)
+    assert T.noether_power(auc, n, n_c, alpha) >= 0.8 > T.noether_power(auc, n - 1, n_c, alpha)
+    for m in (10, 40):
+        sim = (T.mann_whitney_batch(rng.normal(shift, 1, (2000, m)), rng.normal(size=(2000, n_c))) <= alpha).mean()
+        assert sim == pytest.approx(T.noether_power(auc, m, n_c, alpha), abs=0.07)
+    assert T.noether_n(0.5, 100, 0.05) is None  # no effect, no n
+    assert T.noether_n(0.55, 20, 0.05) is None  # too few controls for any number of suspects
+    assert T.noether_controls_needed(0.55, 0.05) > 20
+
+
+def test_storey_estimate_on_a_known_mixture():
+    rng = np.random.default_rng(16)
+    controls = rng.normal(size=600)
+    mixed = np.r_[rng.normal(4.0, 1, 30), rng.normal(size=70)]  # 30 members among 100 suspects
+    est = T.storey_estimate(mixed, controls, lam=0.5, n_boot=300, seed=0)
+    assert 20 <= est.n_members <= 40 and est.lo <= 30 <= est.hi
+    assert est.pi0 == pytest.approx(1 - est.n_members / 100)
+    null = T.storey_estimate(rng.normal(size=100), controls, n_boot=300, seed=0)
+    assert null.n_members <= 15 and null.lo == 0.0
+    assert T.storey_pi0([0.1, 0.2, 0.6, 0.9], lam=0.5) == pytest.approx(2 / (4 * 0.5))
+    assert T.storey_pi0([0.9, 0.95, 0.99, 0.7], lam=0.5) == 1.0  # capped
+
+
+def test_clopper_pearson_hand_values():
+    lo, hi = T.clopper_pearson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 10))
+    lo, hi = T.clopper_pearson(50, 1000)
+    assert lo < 0.05 < hi and hi - lo < 0.03
+
+
+# ---------------------------------------------------------------- the analysis plan
+def test_plan_hash_auto_test_and_feature_set_validation():
+    a, b = AnalysisPlan(), AnalysisPlan()
+    assert a.sha256() == b.sha256() and len(a.sha256()) == 64
+    assert AnalysisPlan(alpha=0.01).sha256() != a.sha256()
+    assert a.test == "mann_whitney"
+    fs = AnalysisPlan(features=["loss", "pia"])  # type: ignore[arg-type]
+    assert fs.test == "crossfit" and fs.features == ("loss", "pia")
+    assert "feature set" in fs.primary_label
+    json.dumps(fs.to_dict())
+    with pytest.raises(ValueError, match="at least 2"):
+        AnalysisPlan(features=["loss"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="crossfit"):
+        AnalysisPlan(features=["loss", "pia"], test="mann_whitney")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="feature set"):
+        AnalysisPlan(test="crossfit")
+    with pytest.raises(ValueError, match="not in the feature set"):
+        AnalysisPlan(features=["loss", "pia"], primary_attack="pian")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="control_role"):
+        AnalysisPlan(control_role="suspect")
+    with pytest.raises(ValueError, match="unknown gates"):
+        AnalysisPlan(gates=["blind"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="alternative"):
+        AnalysisPlan(alternative="less")
+
+
+def test_two_sided_plan_detects_lower_scores():
+    table = make_table(-1.0)
+    assert analyze(table, None, FAST).verdict.decision == "fail_to_reject"
+    res = analyze(table, None, AnalysisPlan(alternative="two-sided", n_permutations=999, n_bootstrap=200))
+    assert res.verdict.decision == "reject_h0" and "two-sided" in res.verdict.sentence

@@ -1,24 +1,40 @@
-"""Self-contained HTML report (Jinja2, autoescaped; figures inlined as base64 PNG; no external resources).
+"""The audit report: one self-contained HTML file (Jinja2, autoescaped; figures inlined as base64 PNG; no
+external resources) and the same document as PDF (WeasyPrint).
 
 Formatting lives here as Jinja filters so the template stays declarative and every number in the report
-is rounded the same way.
+is rounded the same way. The plain-language summary and the limitations are written here too, from the
+analysis result, so tests can check them without parsing HTML.
 """
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import escape
 
-from audit.report.figures import histogram_png, roc_png, to_base64
-from audit.stats.analysis import TEST_LABELS, AuditResult, format_p
-from audit.types import ScoreTable
+from audit.report.figures import gate_png, histogram_png, pvalue_png, roc_png, to_base64
+from audit.stats.analysis import AuditResult, format_p, test_label
+from audit.stats.blind import FEATURE_DESCRIPTIONS
+from audit.types import ROLES, ScoreTable
 
-__all__ = ["render_html"]
+__all__ = ["render_html", "render_pdf", "write_reports", "plain_summary", "limitations", "PdfUnavailable"]
+
+log = logging.getLogger(__name__)
 
 _TEMPLATES = Path(__file__).parent / "templates"
+
+PDF_LIBRARIES = "libpango-1.0-0 libpangoft2-1.0-0"  # Debian packages WeasyPrint needs
+_PDF_NOTE_MARK = "<!-- pdf-note -->"
+
+
+class PdfUnavailable(RuntimeError):
+    """The PDF could not be written (WeasyPrint or its system libraries missing, or rendering failed)."""
 
 
 def _fmt_num(x: Any, digits: int = 3) -> str:
@@ -44,6 +60,8 @@ def _env() -> Environment:
     env.filters["num"] = _fmt_num
     env.filters["pval"] = format_p
     env.filters["pct"] = _fmt_pct
+    env.filters["basename"] = lambda v: Path(str(v)).name if v else ""
+    env.globals["zip"] = zip
     return env
 
 
@@ -53,6 +71,205 @@ def _image_lookup(images: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
     return {str(r["image_id"]): r for r in images.to_dict(orient="records")}
 
 
+# ---------------------------------------------------------------------------------------------- prose
+def plain_summary(result: AuditResult) -> list[str]:
+    """The verdict in plain language, for a reader without statistics (a few short paragraphs)."""
+    v, plan = result.verdict, result.plan
+    t = result.primary_test
+    out: list[str] = []
+    n_s = t.n_suspect if t else 0
+    n_c = t.n_control if t else 0
+    if v.decision == "reject_h0":
+        out.append(
+            f"The model treats the {n_s} suspect works more like its training data than {n_c} comparable works "
+            f"known not to be in its training data, by more than chance would explain at the level fixed in "
+            f"advance (α = {plan.alpha:g}, p = {format_p(v.p_value, plan.alpha)}). The data are inconsistent with "
+            "no suspect work being in the training data. This concerns the suspect set as a whole: it does not "
+            "say which works were used, and it is statistical evidence, not proof."
+        )
+    elif v.decision == "fail_to_reject":
+        out.append(
+            f"The model does not treat the {n_s} suspect works differently from {n_c} comparable works known not "
+            f"to be in its training data, beyond what chance would explain at the level fixed in advance "
+            f"(α = {plan.alpha:g}, p = {format_p(v.p_value, plan.alpha)}). The data are consistent with no suspect "
+            "work being in the training data. That is not evidence that the works were not used: the test may "
+            "be too weak for this model or this number of works (see the power analysis)."
+        )
+    elif v.decision == "withheld":
+        failed = [g for g in result.gates if g.failed]
+        out.append(
+            "No verdict is given. A check of the audit's own assumptions failed, so the comparison between the "
+            "suspect works and the control works cannot be trusted in either direction: "
+            + " ".join(g.summary for g in failed)
+        )
+        if any(g.name == "blind_baseline" for g in failed):
+            out.append("Remedy: choose control works that match the suspects in everything except training "
+                       "(same artist or style, period, size, format and source) and run the audit again.")
+    else:
+        out.append(v.sentence)
+    a = _per_artwork_attack(result)
+    if v.decision in ("reject_h0", "fail_to_reject") and a is not None and a.storey is not None:
+        st = a.storey
+        out.append(
+            f"How many? From the per-work p-values of attack '{a.attack}', an estimated {st.n_members:.1f} of the "
+            f"{st.n_tests} suspect works were in the training data ({plan.ci_level * 100:g}% bootstrap interval "
+            f"{st.lo:.1f}–{st.hi:.1f}; Storey's method, exploratory). {a.n_flagged_holm} work(s) can be named "
+            f"individually at α = {plan.alpha:g} after correcting for testing {a.n_suspect} works (Holm)."
+        )
+    if not v.confirmatory:
+        out.append("This report was regenerated with an analysis plan that differs from the one recorded before "
+                   "the scores were computed; its verdict is exploratory.")
+    return out
+
+
+def limitations(result: AuditResult) -> list[str]:
+    """What the report cannot show; general points plus those that apply to this audit's numbers."""
+    plan = result.plan
+    out = [
+        "Failing to detect membership is not proof of absence: a model can have been trained on a work without "
+        "the attacks being able to tell, especially a large model trained on each work once.",
+        "The verdict concerns the suspect set as a whole. Statements about single works rest on the per-artwork "
+        "p-values after Holm's correction, which need many controls.",
+        "Validity rests on the controls: a suspect work that was not in training must be exchangeable with the "
+        "control works. The blind baseline checks the measured model-free features only (colour, texture, size, "
+        "format, compression, caption length); differences it cannot see — e.g. a change of the artist's style "
+        "over time, or controls re-encoded differently — could still bias the comparison. A blind baseline that "
+        "does not fire is not proof that the sets are matched, in particular with few suspect works.",
+        "The placebo splits only check the test's calibration on the controls themselves; they cannot detect a "
+        "difference between the suspects and the controls (that is the blind baseline's job).",
+        "A detected difference shows that the model fits the suspect pictures unusually well. It cannot tell "
+        "whether the model saw these exact files, other copies or near-duplicates of them (resized, cropped, "
+        "re-encoded), or derivative works.",
+        "The model is identified by the SHA-256 of its files. Whether those are the weights of a deployed "
+        "product is outside this report.",
+        "Exploratory results (every attack other than the primary statistic, the second set-level test, "
+        "per-attack tables) are not corrected for multiple comparisons and must not be quoted as confirmatory.",
+        "Storey's estimate of the number of member suspects is conservative (it tends to undercount) and its "
+        "interval reflects sampling variability only.",
+    ]
+    pc = result.gate("positive_control")
+    if pc is None or pc.status == "not_run":
+        out.append("No known members were given, so the attacks' power on this model was not measured; a "
+                   "non-detection is then hard to interpret.")
+    elif pc.details.get("power_method") == "resampled" and not pc.details.get("with_replacement"):
+        out.append("The positive control's power resamples the same known members many times; its interval is a "
+                   "Monte-Carlo interval and does not reflect which members happened to be known.")
+    if plan.alternative == "greater":
+        out.append("The tests are one-sided: suspects scoring lower than the controls count as no evidence.")
+    return out
+
+
+def _per_artwork_attack(result: AuditResult):
+    try:
+        return result.attack(result.primary_attack)
+    except KeyError:  # pragma: no cover - analyze() guarantees it
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- context
+def _describe_attacks(metadata: dict[str, Any], scores: ScoreTable) -> list[dict[str, Any]]:
+    """Per attack: paper, access, parameters and the class docstring's first paragraph (what it computes)."""
+    described = metadata.get("attacks") or {}
+    out = []
+    try:
+        import audit.attacks as attacks_mod
+    except Exception:  # pragma: no cover - the report must render without the attack code
+        attacks_mod = None
+    for name in scores.attacks:
+        d = dict(described.get(name) or {"name": name})
+        params = dict(d.get("params") or {})
+        cls_name = params.get("attack")
+        doc = ""
+        cls = getattr(attacks_mod, str(cls_name), None) if attacks_mod is not None and cls_name else None
+        if cls is not None:
+            doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+            d.setdefault("paper", getattr(cls, "paper", ""))
+        out.append({"name": name, "paper": d.get("paper", ""), "access": d.get("access", ""),
+                    "evaluations": d.get("evaluations_per_image"), "params": params, "description": doc,
+                    "reference": d.get("reference")})
+    return out
+
+
+def _config_values(config_yaml: str | None) -> dict[str, Any]:
+    if not config_yaml:
+        return {}
+    try:
+        cfg = yaml.safe_load(config_yaml)
+    except yaml.YAMLError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _b64(png: bytes | None) -> str | None:
+    return to_base64(png) if png is not None else None
+
+
+def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
+             metadata: dict[str, Any], features: pd.DataFrame | None, pdf_note: str | None) -> dict[str, Any]:
+    plan = result.plan
+    meta = dict(metadata)
+    config_yaml = meta.pop("config_yaml", None)
+    cfg = _config_values(config_yaml)
+    pa = _per_artwork_attack(result)
+    figures = {
+        "roc_sc": _b64(roc_png(scores, "suspect_control", plan.control_role)),
+        "roc_bench": _b64(roc_png(scores, "benchmark", plan.control_role))
+        if any(a.auc_member_nonmember is not None for a in result.attacks) else None,
+        "hist": [(a.attack, a.attack == result.primary_attack, to_base64(histogram_png(scores, a.attack)))
+                 for a in result.attacks],
+        "pvalues": _b64(pvalue_png([w.p_conformal for w in pa.artworks], pa.storey.lam, pa.storey.pi0, plan.alpha,
+                                   pa.attack)) if pa is not None and pa.storey is not None else None,
+        "gates": {g.name: _b64(gate_png(g)) for g in result.gates},
+    }
+    if images is not None and not images.empty:
+        inventory = images.sort_values(["role", "path"]).to_dict(orient="records")
+        role_counts = {r: int((images["role"] == r).sum()) for r in ROLES}
+    else:
+        inventory, role_counts = [], {}
+    target = meta.get("target") or {}
+    target_cfg = cfg.get("target") or {}
+    model = {
+        "fingerprint": target.get("fingerprint") or meta.get("target_fingerprint")
+        or (scores.df["target_fingerprint"].iloc[0] if len(scores.df) else ""),
+        "source": target.get("source") or target_cfg.get("source"),
+        "revision": target_cfg.get("revision"),
+        "kind": target.get("kind"), "resolution": target.get("resolution"),
+        "conditional": target.get("conditional"), "prediction_type": target.get("prediction_type"),
+        "classes": target.get("classes") or {}, "files": target.get("files") or {},
+        "lora": target.get("lora") or [], "lora_scale": target_cfg.get("lora_scale"),
+    }
+    feature_cols = [c for c in (features.columns if features is not None else []) if c not in ("image_id", "role")]
+    feature_rows = []
+    for c in feature_cols:
+        desc = FEATURE_DESCRIPTIONS.get(c) or (FEATURE_DESCRIPTIONS["meta_format_*"] + f" ({c[12:]})"
+                                               if c.startswith("meta_format_") else "")
+        feature_rows.append((c, desc))
+    seeds = {"run seed (noise draws)": meta.get("seed"), "analysis seed (resampling)": plan.seed}
+    versions = meta.get("versions") or meta.get("package_versions") or {}
+    other_meta = {k: v for k, v in meta.items() if k not in ("attacks", "target", "versions", "package_versions",
+                                                             "scenario", "analysis_plan", "config_yaml")}
+    return dict(
+        r=result, plan=plan, test_label=test_label(plan.test, plan.alternative),
+        primary=pa, exploratory=[a for a in result.attacks if a.attack != result.primary_attack],
+        img=_image_lookup(images), figures=figures,
+        rejected=[{"path": d.get("path", ""), "role": d.get("role", ""), "reason": d.get("reason", ""),
+                   "sha256": d.get("sha256") or ""} for d in rejected],
+        metadata=meta, other_meta=other_meta, config_yaml=config_yaml, inventory=inventory, role_counts=role_counts,
+        any_benchmark=any(a.auc_member_nonmember is not None for a in result.attacks),
+        summary=plain_summary(result), limitations=limitations(result), attacks=_describe_attacks(meta, scores),
+        model=model, feature_rows=feature_rows, seeds=seeds, versions=versions,
+        plan_record=meta.get("analysis_plan"), scenario=meta.get("scenario"), pdf_note=pdf_note,
+        gate_status={g.name: g.status for g in result.gates},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- writers
+def _render(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
+            metadata: dict[str, Any], features: pd.DataFrame | None = None, pdf_note: str | None = None) -> str:
+    ctx = _context(result, scores, images, rejected, metadata, features, pdf_note)
+    return _env().get_template("report.html.j2").render(**ctx)
+
+
 def render_html(
     result: AuditResult,
     scores: ScoreTable,
@@ -60,38 +277,77 @@ def render_html(
     rejected: list[dict[str, Any]],
     metadata: dict[str, Any],
     out_path: str | Path,
+    features: pd.DataFrame | None = None,
+    pdf_note: str | None = None,
 ) -> Path:
     """Write the audit report as one self-contained HTML file at ``out_path`` and return its path.
 
     ``images``: the accepted-image table (image_id, path, role, caption, artist, created, width, height,
     format); ``rejected``: dicts with at least path, role, reason; ``metadata``: provenance (command,
-    target fingerprint, package versions, seed, timestamp, ``config_yaml`` …), rendered as given.
+    target, attacks, package versions, seed, ``config_yaml`` …), rendered as given; ``features``: the
+    model-free feature table (only its column names are shown, in the methods section).
     """
-    lookup = _image_lookup(images)
-    roc = roc_png(scores)
-    figures = {
-        "roc": to_base64(roc) if roc is not None else None,
-        "hist": [(a.attack, a.primary, to_base64(histogram_png(scores, a.attack))) for a in result.attacks],
-    }
-    meta = dict(metadata)
-    config_yaml = meta.pop("config_yaml", None)
-    inventory = [] if images is None else images.sort_values(["role", "path"]).to_dict(orient="records")
-    html = _env().get_template("report.html.j2").render(
-        r=result,
-        plan=result.plan,
-        test_label=TEST_LABELS[result.plan.test],
-        primary=result.attack(result.primary_attack),
-        exploratory=[a for a in result.attacks if not a.primary],
-        img=lookup,
-        figures=figures,
-        rejected=[{"path": d.get("path", ""), "role": d.get("role", ""), "reason": d.get("reason", ""),
-                   "sha256": d.get("sha256") or ""} for d in rejected],
-        metadata=meta,
-        config_yaml=config_yaml,
-        inventory=inventory,
-        any_benchmark=any(a.auc_member_nonmember is not None for a in result.attacks),
-    )
+    html = _render(result, scores, images, rejected, metadata, features, pdf_note)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     return out
+
+
+def render_pdf(html_path: str | Path, pdf_path: str | Path) -> Path:
+    """Render an HTML report to PDF with WeasyPrint. Raises :class:`PdfUnavailable` with the reason."""
+    try:
+        from weasyprint import HTML
+    except ImportError as e:
+        raise PdfUnavailable(f"WeasyPrint is not installed ({e}); pip install weasyprint") from None
+    except OSError as e:  # WeasyPrint is installed but cannot load pango
+        raise PdfUnavailable(f"WeasyPrint cannot load its system libraries ({e}); on Debian/Ubuntu: "
+                             f"apt-get install {PDF_LIBRARIES}") from None
+    out = Path(pdf_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for name in ("weasyprint", "weasyprint.progress", "fontTools"):
+            logging.getLogger(name).setLevel(logging.ERROR)  # per-step INFO logs flood Hydra's run log
+        HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).write_pdf(str(out))
+    except Exception as e:  # a rendering failure must never cost the HTML report
+        raise PdfUnavailable(f"PDF rendering failed: {type(e).__name__}: {e}") from None
+    return out
+
+
+def write_reports(
+    result: AuditResult,
+    scores: ScoreTable,
+    images: pd.DataFrame | None,
+    rejected: list[dict[str, Any]],
+    metadata: dict[str, Any],
+    out_dir: str | Path,
+    formats: list[str] | tuple[str, ...] = ("html", "pdf"),
+    filename: str = "report.html",
+    pdf_filename: str = "report.pdf",
+    features: pd.DataFrame | None = None,
+) -> dict[str, Path]:
+    """Write the report in each of ``formats`` (``html``, ``pdf``) into ``out_dir``; returns {format: path}.
+
+    The PDF is rendered from the HTML. The HTML is always written first (also when only ``pdf`` is asked
+    for, as its source) and is never lost: if the PDF fails, the failure is logged, printed and noted
+    inside the HTML report, and the HTML path is still returned.
+    """
+    unknown = sorted(set(formats) - {"html", "pdf"})
+    if unknown:
+        raise ValueError(f"unknown report formats {unknown}; choose from ['html', 'pdf']")
+    out = Path(out_dir)
+    html_path = render_html(result, scores, images, rejected, metadata, out / filename, features)
+    written: dict[str, Path] = {"html": html_path}
+    if "pdf" in formats:
+        try:
+            written["pdf"] = render_pdf(html_path, out / pdf_filename)
+        except PdfUnavailable as e:
+            msg = f"PDF report NOT written: {e}. The HTML report is complete: {html_path}"
+            log.error(msg)
+            print(msg)
+            # Say so inside the HTML too (the template leaves a marker for it; no second rendering needed).
+            note = (f'<p class="pdfnote"><b>PDF report not written:</b> {escape(str(e))}. '
+                    "This HTML report is complete.</p>")
+            raw = html_path.read_text(encoding="utf-8")
+            html_path.write_text(raw.replace(_PDF_NOTE_MARK, note, 1), encoding="utf-8")
+    return written

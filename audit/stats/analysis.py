@@ -1,20 +1,37 @@
-"""From a ScoreTable to an audit result: the pre-registered test, effect sizes, per-artwork p-values.
+"""From a ScoreTable to an audit result: the pre-registered test, effect sizes, per-artwork p-values, gates.
 
-Only the plan's primary attack and primary test produce the verdict; every other attack and test is
-computed for the report but labelled exploratory, because choosing among them after seeing the data
-would invalidate the p-value. Pure function of its inputs: no disk access, seeded randomness only.
+Only the plan's primary statistic (one attack, or a declared feature set of several attacks combined by
+cross-fitting) with the plan's test produces the verdict; every other attack and test is computed for the
+report but labelled exploratory, because choosing among them after seeing the data would invalidate the
+p-value. The validity gates (:mod:`audit.stats.gates`) can withhold the verdict. Pure function of its
+inputs: no disk access, seeded randomness only.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from audit.stats.gates import (
+    GATES,
+    GateResult,
+    PrimaryData,
+    blind_baseline_gate,
+    placebo_gate,
+    positive_control_gate,
+    power_gate,
+    run_primary,
+)
 from audit.stats.metrics import AucCI, TprAtFpr, auc_with_ci, tpr_at_fpr
 from audit.stats.tests import (
+    ALTERNATIVES,
+    CrossfitResult,
+    StoreyEstimate,
     TestResult,
     benjamini_hochberg,
     conformal_pvalues,
@@ -22,11 +39,13 @@ from audit.stats.tests import (
     mann_whitney,
     min_controls_for,
     permutation_test,
+    storey_estimate,
 )
 from audit.types import ROLES, ScoreTable
 
 __all__ = [
     "TEST_LABELS",
+    "test_label",
     "AnalysisPlan",
     "ArtworkResult",
     "AttackResult",
@@ -37,47 +56,110 @@ __all__ = [
     "format_p",
 ]
 
-TestName = Literal["mann_whitney", "permutation"]
+TestName = Literal["auto", "mann_whitney", "permutation", "crossfit"]
 
-# How each test is named in verdict sentences and the report.
+# How each test is named in verdict sentences and the report (one-sided form; see test_label()).
 TEST_LABELS: dict[str, str] = {
     "mann_whitney": "one-sided Mann–Whitney U",
     "permutation": "one-sided permutation test on the difference in means",
+    "crossfit": "cross-fitted logistic-regression aggregation (out-of-fold AUC, permutation null)",
 }
 
 
-# Analysis v1 runs no validity gates (DESIGN.md: blind baseline, placebo nulls, power); until it does,
-# every result says what the verdict silently assumes.
-_NO_GATES_NOTE = (
-    "Validity gates (blind model-free baseline, placebo splits of the controls) were not run by this version; "
-    "the verdict assumes the control works are exchangeable with suspect works that were not in training."
-)
+def test_label(test: str, alternative: str = "greater") -> str:
+    """Name of ``test`` as printed in verdicts and reports, with its sidedness."""
+    label = TEST_LABELS[test]
+    if alternative == "two-sided":
+        label = label.replace("one-sided ", "two-sided ") if label.startswith("one-sided") else label + ", two-sided"
+    return label
+
+
+test_label.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite the name
 
 
 @dataclass(frozen=True)
 class AnalysisPlan:
-    """What is tested, fixed before the scores are seen (the report prints it verbatim)."""
+    """What is tested, fixed before the scores are seen. The report prints it with its SHA-256
+    (:meth:`sha256`); a run records that hash before scoring, so a plan changed afterwards is visible."""
 
-    primary_attack: str | None = None  # None → the first attack in the ScoreTable
-    alpha: float = 0.05  # significance level of the verdict and of per-artwork Holm flags
-    test: TestName = "mann_whitney"  # the set-level test that gives the verdict
-    n_permutations: int = 10000  # resamples of the permutation test
+    primary_attack: str | None = None  # None → the first attack (or the first of `features`)
+    # A declared feature set: ≥ 2 attacks whose scores are combined by cross-fitting (test "crossfit").
+    # With a feature set, `primary_attack` (if given, one of the features) names the attack whose
+    # per-artwork p-values are the per-work analysis; otherwise the first feature.
+    features: tuple[str, ...] | None = None
+    alpha: float = 0.05  # significance level of the verdict, the gates and per-artwork Holm flags
+    test: TestName = "auto"  # auto → mann_whitney for one attack, crossfit for a feature set
+    alternative: str = "greater"  # greater: suspects score higher (one-sided) | two-sided
+    control_role: str = "control"  # the role whose works form the null (control or nonmember)
+    n_permutations: int = 10000  # resamples of the single-feature permutation test
+    crossfit_folds: int = 5  # K of the cross-fitting (capped by the smaller class size)
+    crossfit_permutations: int = 999  # relabellings behind every cross-fitted p-value (also the blind gate)
     n_bootstrap: int = 1000  # bootstrap replicates behind every CI
-    seed: int = 0  # seeds the bootstrap and the permutation test
+    seed: int = 0  # seeds every resampling (bootstrap, permutations, placebo splits)
     fpr_levels: tuple[float, ...] = (0.01, 0.001)  # FPRs at which TPR is reported
     ci_level: float = 0.95  # confidence level of every interval
+    storey_lambda: float = 0.5  # λ of Storey's π̂₀ (share of p-values above λ)
+    gates: tuple[str, ...] = GATES  # validity gates to run (a failed gate withholds the verdict)
+    n_placebo: int = 1000  # random placebo splits of the controls
+    n_power_resamples: int = 1000  # member resamples for the positive control's measured power
+    power_target: float = 0.8  # power the power analysis solves for
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.test not in TEST_LABELS:
-            raise ValueError(f"test must be one of {sorted(TEST_LABELS)}, got {self.test!r}")
-        if self.n_permutations < 1 or self.n_bootstrap < 1:
-            raise ValueError("n_permutations and n_bootstrap must be ≥ 1")
+        feats = tuple(str(f) for f in self.features) if self.features else None
+        if feats is not None and len(feats) < 2:
+            raise ValueError(f"a feature set needs at least 2 attacks (got {list(feats)}); for one attack set "
+                             "primary_attack instead")
+        if feats is not None and len(set(feats)) != len(feats):
+            raise ValueError(f"features lists an attack twice: {list(feats)}")
+        object.__setattr__(self, "features", feats)
+        if feats is not None and self.primary_attack is not None and self.primary_attack not in feats:
+            raise ValueError(f"primary_attack {self.primary_attack!r} is not in the feature set {list(feats)}")
+        test = self.test
+        if test == "auto":
+            test = "crossfit" if feats else "mann_whitney"
+        if test not in TEST_LABELS:
+            raise ValueError(f"test must be one of {['auto', *TEST_LABELS]}, got {self.test!r}")
+        if feats and test != "crossfit":
+            raise ValueError(f"a feature set is tested with test=crossfit (or auto), not {test!r}")
+        if not feats and test == "crossfit":
+            raise ValueError("test=crossfit needs a feature set of at least 2 attacks (stats.features)")
+        object.__setattr__(self, "test", test)
+        if self.alternative not in ALTERNATIVES:
+            raise ValueError(f"alternative must be one of {list(ALTERNATIVES)}, got {self.alternative!r}")
+        if self.control_role not in ("control", "nonmember"):
+            raise ValueError(f"control_role must be 'control' or 'nonmember', got {self.control_role!r}")
+        for name in ("n_permutations", "n_bootstrap", "crossfit_permutations", "n_placebo", "n_power_resamples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be ≥ 1")
+        if int(self.crossfit_folds) < 2:
+            raise ValueError("crossfit_folds must be ≥ 2")
         if any(not 0.0 < f < 1.0 for f in self.fpr_levels):
             raise ValueError(f"fpr_levels must lie in (0, 1), got {self.fpr_levels}")
-        # Accept a list from a YAML config but store a tuple, so the plan stays hashable and frozen.
+        if not 0.0 <= self.storey_lambda < 1.0 or not 0.0 < self.power_target < 1.0 or not 0 < self.ci_level < 1:
+            raise ValueError("storey_lambda must be in [0, 1); power_target and ci_level in (0, 1)")
+        gates = tuple(str(g) for g in self.gates)
+        unknown = sorted(set(gates) - set(GATES))
+        if unknown:
+            raise ValueError(f"unknown gates {unknown}; choose from {list(GATES)}")
+        # Accept lists from a YAML config but store tuples, so the plan stays hashable and frozen.
+        object.__setattr__(self, "gates", gates)
         object.__setattr__(self, "fpr_levels", tuple(float(f) for f in self.fpr_levels))
+
+    @property
+    def primary_label(self) -> str:
+        """The primary statistic in words: the attack's name, or the feature set."""
+        if self.features:
+            return "feature set [" + ", ".join(self.features) + "]"
+        return self.primary_attack or "(first attack)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    def sha256(self) -> str:
+        """SHA-256 of the plan's canonical JSON (sorted keys): what a run records before scoring."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -110,27 +192,41 @@ class AttackResult:
     artworks: list[ArtworkResult] = field(default_factory=list)  # suspects, most member-like first
     n_flagged_holm: int = 0
     min_controls_per_artwork: int | None = None  # controls needed for any Holm flag at α
+    storey: StoreyEstimate | None = None  # estimated number of member suspects (Storey's π̂₀)
 
 
 @dataclass(frozen=True)
 class Verdict:
     """The single confirmatory statement of the audit."""
 
-    decision: Literal["reject_h0", "fail_to_reject", "not_tested"]
+    decision: Literal["reject_h0", "fail_to_reject", "not_tested", "withheld"]
     sentence: str
-    attack: str | None
+    attack: str | None  # the primary statistic: an attack name or "feature set [...]"
     test: str
     alpha: float
     p_value: float | None = None
+    failed_gates: list[str] = field(default_factory=list)
+    # False when the plan differs from the one recorded before scoring (a regenerated, changed analysis)
+    confirmatory: bool = True
 
 
 @dataclass
 class AuditResult:
     plan: AnalysisPlan
-    primary_attack: str
+    primary_attack: str  # the attack of the per-artwork analysis (the primary attack, or the first feature)
     attacks: list[AttackResult]
     verdict: Verdict
     notes: list[str] = field(default_factory=list)
+    primary_label: str = ""  # the primary statistic in words
+    primary_test: TestResult | None = None  # the test that gives the verdict
+    primary_auc: float | None = None  # its effect: suspect-vs-control AUC (out-of-fold for a feature set)
+    crossfit: CrossfitResult | None = None  # details of a feature-set test
+    gates: list[GateResult] = field(default_factory=list)
+    plan_sha256: str = ""
+    plan_recorded_sha256: str | None = None  # as recorded in the run before scoring, when known
+
+    def gate(self, name: str) -> GateResult | None:
+        return next((g for g in self.gates if g.name == name), None)
 
     def attack(self, name: str) -> AttackResult:
         for a in self.attacks:
@@ -213,14 +309,16 @@ def _analyze_attack(
     attack: str, df: pd.DataFrame, plan: AnalysisPlan, primary: bool
 ) -> tuple[AttackResult, list[str]]:
     by_role = {r: df.loc[df["role"] == r, "score"].to_numpy(dtype=float) for r in ROLES}
-    s, c, m, nm = by_role["suspect"], by_role["control"], by_role["member"], by_role["nonmember"]
+    s, c = by_role["suspect"], by_role[plan.control_role]
+    m, nm = by_role["member"], by_role["nonmember"]
     res = AttackResult(attack, primary, s.size, c.size, m.size, nm.size)
     notes: list[str] = []
     boot = dict(n_boot=plan.n_bootstrap, level=plan.ci_level, seed=plan.seed)
 
     if s.size and c.size:
-        res.set_tests["mann_whitney"] = mann_whitney(s, c)
-        res.set_tests["permutation"] = permutation_test(s, c, n_resamples=plan.n_permutations, seed=plan.seed)
+        res.set_tests["mann_whitney"] = mann_whitney(s, c, plan.alternative)
+        res.set_tests["permutation"] = permutation_test(s, c, n_resamples=plan.n_permutations, seed=plan.seed,
+                                                        alternative=plan.alternative)
         res.auc_suspect_control = auc_with_ci(s, c, **boot)
         res.tpr_suspect_control = [tpr_at_fpr(s, c, f, **boot) for f in plan.fpr_levels]
 
@@ -235,6 +333,8 @@ def _analyze_attack(
             for i in order
         ]
         res.n_flagged_holm = sum(a.flagged for a in res.artworks)
+        res.storey = storey_estimate(s, c, lam=plan.storey_lambda, n_boot=plan.n_bootstrap, level=plan.ci_level,
+                                     seed=plan.seed)
         need = min_controls_for(plan.alpha, s.size)
         res.min_controls_per_artwork = need
         if c.size < need:
@@ -250,12 +350,13 @@ def _analyze_attack(
         res.tpr_member_nonmember = [tpr_at_fpr(m, nm, f, **boot) for f in plan.fpr_levels]
         if primary and res.auc_member_nonmember.lo <= 0.5:
             notes.append(
-                f"Positive control: the primary attack {attack!r} does not reliably separate the known "
+                f"Positive control: attack {attack!r} does not reliably separate the known "
                 f"members from the known nonmembers on this model (AUC {res.auc_member_nonmember.auc:.3f}, "
                 f"{_fmt_pct(plan.ci_level)} CI {res.auc_member_nonmember.lo:.3f}–{res.auc_member_nonmember.hi:.3f} "
                 "covers 0.5); a failure to reject H0 is then uninformative."
             )
-    for tprs, neg in ((res.tpr_member_nonmember, "nonmembers"), (res.tpr_suspect_control, "controls")):
+    neg_name = "controls" if plan.control_role == "control" else "nonmembers"
+    for tprs, neg in ((res.tpr_member_nonmember, "nonmembers"), (res.tpr_suspect_control, neg_name)):
         for t in tprs:
             if not t.achievable:
                 notes.append(
@@ -267,53 +368,137 @@ def _analyze_attack(
     return res, notes
 
 
-def _verdict(res: AttackResult, plan: AnalysisPlan) -> Verdict:
-    label = TEST_LABELS[plan.test]
-    if res.n_control == 0 or res.n_suspect == 0:
-        missing = "control" if res.n_control == 0 else "suspect"
+def _where(plan: AnalysisPlan, label: str, t: TestResult) -> str:
+    what = f"attack {label!r}" if not plan.features else label + " combined by cross-fitting"
+    return f"({what}, {test_label(plan.test, plan.alternative)}; {t.n_suspect} suspect and {t.n_control} control works)"
+
+
+def _verdict(plan: AnalysisPlan, label: str, t: TestResult | None, n_suspect: int, n_control: int,
+             gates: list[GateResult], confirmatory: bool) -> Verdict:
+    if t is None:
+        missing = "control" if n_control == 0 else "suspect"
         why = (
             "there is no null distribution to compare the suspect works against"
             if missing == "control"
             else "there is nothing to test"
         )
+        if n_control and n_suspect:  # e.g. a feature set whose attacks share too few works
+            missing, why = "usable", "the primary statistic could not be computed"
         return Verdict(
             "not_tested",
-            f"No set-level test was run for attack {res.attack!r}: no {missing} works were given, so {why}.",
-            res.attack,
-            plan.test,
-            plan.alpha,
+            f"No set-level test was run for {'attack ' + repr(label) if not plan.features else label}: "
+            f"no {missing} works were given, so {why}.",
+            label, plan.test, plan.alpha, confirmatory=confirmatory,
         )
-    t = res.set_tests[plan.test]
-    where = (
-        f"(attack {res.attack!r}, {label}; {t.n_suspect} suspect and {t.n_control} control works)"
-    )
+    where = _where(plan, label, t)
     p_txt = format_p(t.p_value, plan.alpha)
+    direction = "" if plan.alternative == "greater" else " (two-sided)"
+    failed = [g for g in gates if g.failed]
+    if failed:
+        names = ", ".join(g.title.split(" (")[0].lower() for g in failed)
+        sentence = (
+            f"Verdict withheld at α = {plan.alpha:g}: the {names} validity gate{'s' if len(failed) > 1 else ''} "
+            f"failed. " + " ".join(g.summary for g in failed) + f" The primary test's p-value (p = {p_txt}, {where[1:-1]}) "
+            "is therefore not evidence about the training data in either direction."
+        )
+        return Verdict("withheld", sentence, label, plan.test, plan.alpha, t.p_value, [g.name for g in failed],
+                       confirmatory)
     if t.p_value <= plan.alpha:
         sentence = (
             f"At α = {plan.alpha:g}, the suspect works' membership scores {where} are inconsistent with the "
-            f"hypothesis that no suspect work was in the model's training data (p = {p_txt})."
+            f"hypothesis that no suspect work was in the model's training data{direction} (p = {p_txt})."
         )
         decision = "reject_h0"
     else:
         sentence = (
             f"At α = {plan.alpha:g}, the suspect works' membership scores {where} are consistent with the "
-            f"hypothesis that no suspect work was in the model's training data (p = {p_txt}). "
+            f"hypothesis that no suspect work was in the model's training data{direction} (p = {p_txt}). "
             "Failing to detect membership is not proof of absence."
         )
+        pc = next((g for g in gates if g.name == "positive_control" and g.status == "pass"), None)
+        if pc is not None and pc.details.get("power", {}).get("rate") is not None:
+            sentence += (f" At the effect measured on the known members, the test's power at this number of "
+                         f"suspect works is about {pc.details['power']['rate'] * 100:.0f}%.")
         decision = "fail_to_reject"
-    return Verdict(decision, sentence, res.attack, plan.test, plan.alpha, t.p_value)
+    return Verdict(decision, sentence, label, plan.test, plan.alpha, t.p_value, [], confirmatory)
 
 
-def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan) -> AuditResult:
-    """Run the analysis plan on every attack in ``scores``; only the primary attack gives the verdict.
+def _primary_data(scores: ScoreTable, plan: AnalysisPlan, primary: str) -> tuple[PrimaryData, list[str]]:
+    """Per-role inputs of the primary statistic. A feature set keeps only works scored by every feature."""
+    notes: list[str] = []
+    if not plan.features:
+        df, _ = collapse_scores(scores, primary)
+        return PrimaryData(primary, (primary,), {r: df.loc[df["role"] == r, "score"].to_numpy(float) for r in ROLES},
+                           {r: df.loc[df["role"] == r, "image_id"].tolist() for r in ROLES}), notes
+    wide = None
+    for f in plan.features:
+        df, _ = collapse_scores(scores, f)
+        df = df.rename(columns={"score": f})
+        wide = df if wide is None else wide.merge(df, on=["image_id", "role"], how="outer")
+    assert wide is not None
+    incomplete = wide[list(plan.features)].isna().any(axis=1)
+    if incomplete.any():
+        notes.append(f"{int(incomplete.sum())} works lack a score for some attack of the feature set and are left "
+                     "out of the primary test.")
+        wide = wide[~incomplete]
+    X = {r: wide.loc[wide["role"] == r, list(plan.features)].to_numpy(float) for r in ROLES}
+    ids = {r: wide.loc[wide["role"] == r, "image_id"].tolist() for r in ROLES}
+    return PrimaryData(plan.primary_label, tuple(plan.features), X, ids), notes
+
+
+def _run_gates(plan: AnalysisPlan, data: PrimaryData, features: pd.DataFrame | None, primary_auc: float | None,
+               ) -> list[GateResult]:
+    gates: list[GateResult] = []
+    ids_s, ids_c = data.ids["suspect"], data.ids[plan.control_role]
+    disabled = "This gate was switched off in the analysis plan (stats.gates)."
+    from audit.stats.gates import GATE_TITLES
+
+    for name in ("blind_baseline", "placebo", "positive_control"):
+        if name not in plan.gates:
+            gates.append(GateResult(name, GATE_TITLES[name], "not_run", disabled))
+        elif name == "blind_baseline":
+            gates.append(blind_baseline_gate(features, ids_s, ids_c, plan))
+        elif name == "placebo":
+            gates.append(placebo_gate(data, plan))
+        else:
+            gates.append(positive_control_gate(data, plan))
+    if "power" in plan.gates:
+        effects = []
+        if primary_auc is not None:
+            effects.append(("measured on the suspects", primary_auc))
+        pc = gates[-1]
+        if pc.status in ("pass", "fail") and "auc_members" in pc.details:
+            effects.append(("measured on the known members", pc.details["auc_members"]))
+        measured = {}
+        if pc.status in ("pass", "fail") and pc.details.get("power_method") == "resampled":
+            measured = {**pc.details["power"], "draws": pc.details["power"]["n"], "n": data.n("suspect")}
+        gates.append(power_gate(effects, data.n("suspect"), data.n(plan.control_role), plan, measured))
+    else:
+        gates.append(GateResult("power", GATE_TITLES["power"], "not_run", disabled))
+    return gates
+
+
+def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
+            features: pd.DataFrame | None = None, recorded_plan_sha256: str | None = None) -> AuditResult:
+    """Run the analysis plan on every attack in ``scores``; only the primary statistic gives the verdict.
 
     ``images`` (the accepted-image table, columns as :class:`audit.types.ImageRecord`) is optional; when
     given, roles are cross-checked against it and images without a primary-attack score are noted.
+    ``features``: model-free image features (``image_id`` + float columns, :mod:`audit.stats.blind`) for
+    the blind-baseline gate; without them that gate is reported as not run.
+    ``recorded_plan_sha256``: the plan hash recorded before scoring; a different plan makes the verdict
+    exploratory (it is still computed, and labelled so).
     """
     if scores.df.empty:
         raise ValueError("the ScoreTable is empty")
     attacks = scores.attacks
-    primary = plan.primary_attack if plan.primary_attack is not None else attacks[0]
+    if plan.features:
+        missing = [f for f in plan.features if f not in attacks]
+        if missing:
+            raise ValueError(f"feature-set attacks {missing} are not in the ScoreTable (have {attacks})")
+        primary = plan.primary_attack or plan.features[0]
+    else:
+        primary = plan.primary_attack if plan.primary_attack is not None else attacks[0]
     if primary not in attacks:
         raise ValueError(f"primary attack {primary!r} is not in the ScoreTable (have {attacks})")
 
@@ -323,25 +508,60 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan)
         df, n_seeds = collapse_scores(scores, name)
         if n_seeds > 1:
             notes.append(f"Attack {name!r}: each work's score is the mean over {n_seeds} seeds.")
-        res, attack_notes = _analyze_attack(name, df, plan, primary=(name == primary))
+        res, attack_notes = _analyze_attack(name, df, plan, primary=(name == primary and not plan.features))
         results.append(res)
         notes.extend(attack_notes)
         if name == primary and images is not None:
             notes.extend(_check_images(df, images, name))
 
-    notes.append(_NO_GATES_NOTE)
-    primary_res = next(r for r in results if r.primary)
-    verdict = _verdict(primary_res, plan)
+    label = plan.primary_label if plan.features else primary
+    data, data_notes = _primary_data(scores, plan, primary)
+    notes.extend(data_notes)
+    n_s, n_c = data.n("suspect"), data.n(plan.control_role)
+    primary_test: TestResult | None = None
+    crossfit: CrossfitResult | None = None
+    primary_auc: float | None = None
+    if plan.features:
+        from audit.stats.tests import crossfit_folds
+
+        if crossfit_folds(n_s, n_c, plan.crossfit_folds) >= 2:
+            primary_test, crossfit = run_primary(plan, data.values["suspect"], data.values[plan.control_role],
+                                                 data.names)
+            primary_auc = crossfit.auc
+            neg = [f for f, w in zip(crossfit.features, crossfit.coef) if w < 0]
+            if neg:
+                notes.append(f"In the cross-fitted primary statistic the fitted weight of {neg} is negative (on "
+                             "average over folds): suspects score *lower* than controls on it. Every attack is "
+                             "oriented so that members score higher, so this direction is not a membership signal; "
+                             "check the blind baseline and the positive control.")
+    else:
+        pres = next(r for r in results if r.attack == primary)
+        primary_test = pres.set_tests.get(plan.test)
+        primary_auc = pres.auc_suspect_control.auc if pres.auc_suspect_control is not None else None
+
+    sha = plan.sha256()
+    confirmatory = recorded_plan_sha256 is None or recorded_plan_sha256 == sha
+    gates = _run_gates(plan, data, features, primary_auc) if primary_test is not None else []
+    verdict = _verdict(plan, label, primary_test, n_s, n_c, gates, confirmatory)
     if verdict.decision == "not_tested":
         notes.insert(0, verdict.sentence)
+    if not confirmatory:
+        notes.insert(0, f"The analysis plan (SHA-256 {sha[:16]}…) differs from the plan recorded before scoring "
+                        f"({recorded_plan_sha256[:16]}…): this analysis was changed after the scores existed, so its "
+                        "verdict is exploratory, not confirmatory.")
+    for g in gates:
+        if g.status == "not_run" and g.name != "power":
+            notes.append(f"{g.title}: not run. {g.summary}")
+    n_other = len(attacks) - (len(plan.features) if plan.features else 1)
     if len(attacks) > 1:
         notes.append(
-            f"Only attack {primary!r} with the {TEST_LABELS[plan.test]} is confirmatory; the other "
-            f"{len(attacks) - 1} attack(s) and the other test are exploratory and their p-values are not "
-            "corrected for this multiplicity."
+            f"Only the primary statistic ({label}) with the {test_label(plan.test, plan.alternative)} is "
+            f"confirmatory; {'the other ' + str(n_other) + ' attack(s), ' if n_other > 0 else ''}the single-attack "
+            "tests and per-attack tables are exploratory and their p-values are not corrected for this multiplicity."
         )
     # Same text can arise from several attacks (e.g. the control-count note); say it once.
-    return AuditResult(plan, primary, results, verdict, list(dict.fromkeys(notes)))
+    return AuditResult(plan, primary, results, verdict, list(dict.fromkeys(notes)), label, primary_test, primary_auc,
+                       crossfit, gates, sha, recorded_plan_sha256)
 
 
 def _check_images(df: pd.DataFrame, images: pd.DataFrame, attack: str) -> list[str]:

@@ -7,6 +7,14 @@ that way) — because a suspect set that scores lower than the controls is no ev
 Per-artwork p-values are conformal (Vovk et al.; Bates et al., "Testing for outliers with conformal
 p-values", 2023): valid for each suspect that is exchangeable with the controls, whatever the score
 distribution. They are floored at 1/(n_control+1), which is why :func:`min_controls_for` exists.
+
+Several features (attack scores, or model-free image features for the blind baseline) are combined by
+cross-fitting (:func:`crossfit_test`): a logistic regression is trained on K−1 folds of suspect-vs-control
+labels and scores the held-out fold; the statistic is the AUC of the out-of-fold scores, and its null
+distribution comes from re-running the whole cross-fitted procedure on permuted labels. Because the
+procedure is a fixed function of (features, labels), the permutation p-value is exactly valid under
+exchangeability whatever the classifier learns (cf. CDI, Dubiński et al. 2025; LLM dataset inference,
+Maini et al. 2024, which use a held-out split instead of cross-fitting).
 """
 from __future__ import annotations
 
@@ -18,12 +26,28 @@ from scipy import stats
 
 __all__ = [
     "TestResult",
+    "CrossfitResult",
+    "StoreyEstimate",
     "mann_whitney",
+    "mann_whitney_batch",
     "permutation_test",
+    "permutation_pvalues_batch",
+    "crossfit_auc",
+    "crossfit_test",
+    "storey_pi0",
+    "storey_estimate",
+    "clopper_pearson",
+    "noether_n",
+    "noether_power",
     "conformal_pvalues",
     "holm",
     "benjamini_hochberg",
     "min_controls_for",
+    "noether_controls_needed",
+    "crossfit_null",
+    "crossfit_folds",
+    "crossfit_pvalues_from_null",
+    "ALTERNATIVES",
 ]
 
 
@@ -52,16 +76,36 @@ def _as_scores(x: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def mann_whitney(suspect: np.ndarray, control: np.ndarray) -> TestResult:
-    """One-sided Mann–Whitney U test (scipy, ``alternative='greater'``).
+Alternative = str  # "greater" (suspects score higher) or "two-sided"
+ALTERNATIVES: tuple[str, ...] = ("greater", "two-sided")
+
+
+def _check_alternative(alternative: str) -> str:
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    return alternative
+
+
+def mann_whitney(suspect: np.ndarray, control: np.ndarray, alternative: Alternative = "greater") -> TestResult:
+    """Mann–Whitney U test (scipy), one-sided ``alternative='greater'`` by default.
 
     ``statistic`` is U of the suspects, i.e. AUC · n_suspect · n_control. scipy picks the exact null
     distribution for small samples without ties and the tie-corrected normal approximation otherwise.
     """
     s = _as_scores(suspect, "suspect")
     c = _as_scores(control, "control")
-    r = stats.mannwhitneyu(s, c, alternative="greater")
-    return TestResult("mann_whitney", float(r.statistic), float(r.pvalue), int(s.size), int(c.size))
+    r = stats.mannwhitneyu(s, c, alternative=_check_alternative(alternative))
+    return TestResult("mann_whitney", float(r.statistic), float(r.pvalue), int(s.size), int(c.size),
+                      alternative=alternative)
+
+
+def mann_whitney_batch(suspects: np.ndarray, controls: np.ndarray, alternative: Alternative = "greater") -> np.ndarray:
+    """p-values of :func:`mann_whitney` for each row of ``suspects`` ``[R, n_s]`` against the matching row of
+    ``controls`` ``[R, n_c]`` (or one shared control vector ``[n_c]``), in one vectorised scipy call."""
+    S = np.atleast_2d(np.asarray(suspects, dtype=float))
+    C = np.asarray(controls, dtype=float)
+    C = np.broadcast_to(C, (S.shape[0], C.shape[-1])) if C.ndim == 1 else C
+    return np.asarray(stats.mannwhitneyu(S, C, axis=1, alternative=_check_alternative(alternative)).pvalue)
 
 
 def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
@@ -69,9 +113,13 @@ def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
 
 
 def permutation_test(
-    suspect: np.ndarray, control: np.ndarray, n_resamples: int = 10000, seed: int = 0
+    suspect: np.ndarray,
+    control: np.ndarray,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    alternative: Alternative = "greater",
 ) -> TestResult:
-    """One-sided permutation test on mean(suspect) − mean(control) (``scipy.stats.permutation_test``).
+    """Permutation test on mean(suspect) − mean(control) (``scipy.stats.permutation_test``), one-sided by default.
 
     Labels are permuted between the two sets (``permutation_type='independent'``). scipy counts the
     observed statistic among the resamples, so a randomized p-value is never below 1/(n_resamples+1);
@@ -85,12 +133,195 @@ def permutation_test(
         permutation_type="independent",
         vectorized=True,
         n_resamples=n_resamples,
-        alternative="greater",
+        alternative=_check_alternative(alternative),
         rng=np.random.default_rng(seed),
     )
     return TestResult(
-        "permutation", float(r.statistic), float(r.pvalue), int(s.size), int(c.size), n_resamples=n_resamples
+        "permutation", float(r.statistic), float(r.pvalue), int(s.size), int(c.size), alternative=alternative,
+        n_resamples=n_resamples,
     )
+
+
+def permutation_pvalues_batch(
+    suspects: np.ndarray,
+    controls: np.ndarray,
+    n_resamples: int = 999,
+    seed: int = 0,
+    alternative: Alternative = "greater",
+) -> np.ndarray:
+    """Permutation p-values (mean difference, +1 correction) for each row of ``suspects`` ``[R, n_s]`` vs the
+    matching row of ``controls`` (``[R, n_c]`` or a shared ``[n_c]``).
+
+    Every row gets ``n_resamples`` random relabellings of its own pooled data. The relabelling index sets
+    are drawn once and shared across rows (all pools have the same size), which keeps each row's p-value
+    exactly a permutation p-value while costing one gather per row. Same formula as scipy's
+    ``permutation_test`` with random resamples: (1 + #{resampled ≥ observed}) / (1 + n_resamples); the
+    two-sided p-value is twice the smaller one-sided one, capped at 1, as in scipy.
+    """
+    _check_alternative(alternative)
+    S = np.atleast_2d(np.asarray(suspects, dtype=float))
+    C = np.asarray(controls, dtype=float)
+    C = np.broadcast_to(C, (S.shape[0], C.shape[-1])) if C.ndim == 1 else C
+    n_s, n_c = S.shape[1], C.shape[1]
+    n = n_s + n_c
+    rng = np.random.default_rng(seed)
+    idx = np.argpartition(rng.random((n_resamples, n)), n_s - 1, axis=1)[:, :n_s]  # random n_s-subsets
+    pooled = np.concatenate([S, C], axis=1)
+    obs_sum = S.sum(axis=1)
+    out = np.empty(S.shape[0])
+    chunk = max(1, int(2e7 // max(1, n_resamples * n_s)))
+    for a in range(0, S.shape[0], chunk):
+        sums = pooled[a:a + chunk][:, idx].sum(axis=2)  # [chunk, n_resamples]
+        # mean difference is increasing in the suspect-group sum (fixed group sizes), so compare sums;
+        # a relative tolerance keeps float noise from breaking exact ties (scipy does the same).
+        tol = 1e-12 * np.maximum(1.0, np.abs(obs_sum[a:a + chunk]))[:, None]
+        ge = ((sums >= obs_sum[a:a + chunk, None] - tol).sum(axis=1) + 1.0) / (n_resamples + 1.0)
+        if alternative == "greater":
+            out[a:a + chunk] = ge
+        else:
+            le = ((sums <= obs_sum[a:a + chunk, None] + tol).sum(axis=1) + 1.0) / (n_resamples + 1.0)
+            out[a:a + chunk] = np.minimum(1.0, 2.0 * np.minimum(ge, le))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- cross-fitting
+@dataclass(frozen=True)
+class CrossfitResult:
+    """Cross-fitted aggregation of several features, suspects (label 1) vs controls (label 0).
+
+    ``auc``: out-of-fold AUC (the statistic); ``null``: the statistic re-computed on each permuted labelling;
+    ``oof_scores``: out-of-fold logistic-regression scores (log-odds), suspects first, then controls;
+    ``coef``: per-feature coefficient on standardised features, averaged over folds (sign = direction);
+    ``features``: the columns used; ``dropped``: constant or non-finite columns left out.
+    """
+
+    test: TestResult
+    auc: float
+    null: np.ndarray
+    oof_scores: np.ndarray
+    coef: np.ndarray
+    features: tuple[str, ...]
+    dropped: tuple[str, ...]
+    folds: int
+
+
+def _fast_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUC via mid-ranks (ties count ½), as ``sklearn.metrics.roc_auc_score``."""
+    ranks = stats.rankdata(s)
+    n1 = int(y.sum())
+    n0 = y.size - n1
+    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def _standardise(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Centre and scale every column on all rows (label-free, so it does not break the permutation
+    argument); drop columns that are constant or contain non-finite values."""
+    X = np.asarray(X, dtype=float)
+    finite = np.isfinite(X).all(axis=0)
+    Xf = np.where(np.isfinite(X), X, 0.0)
+    sd = np.where(finite, Xf.std(axis=0), 0.0)
+    keep = finite & (sd > 1e-12 * np.maximum(1.0, np.abs(Xf.mean(axis=0))))
+    Xk = X[:, keep]
+    Xs = (Xk - Xk.mean(axis=0)) / Xk.std(axis=0) if Xk.shape[1] else Xk
+    return Xs, [n for n, k in zip(names, keep) if k], [n for n, k in zip(names, keep) if not k]
+
+
+def crossfit_auc(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, C: float = 1.0
+                 ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Out-of-fold AUC of an L2 logistic regression (sklearn, balanced class weights).
+
+    The data are split into ``folds`` stratified folds (shuffled with ``seed``); a model trained on K−1
+    folds scores the held-out fold. Returns (AUC of the pooled out-of-fold scores, the scores, the
+    fold-averaged coefficients). ``X`` should already be standardised (see :func:`crossfit_test`).
+    """
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y, dtype=int)
+    oof = np.empty(y.size)
+    coefs = []
+    if X.shape[1] == 0:
+        return 0.5, np.zeros(y.size), np.zeros(0)
+    # Inputs are checked once by the caller; skipping sklearn's per-fit validation halves the cost of the
+    # thousands of fits a permutation null needs.
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        for train, test in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y):
+            yt = y[train]
+            n_pos = int(yt.sum())
+            # balanced class weights (as class_weight="balanced"), passed as sample weights
+            w = np.where(yt == 1, yt.size / (2.0 * n_pos), yt.size / (2.0 * (yt.size - n_pos)))
+            clf = LogisticRegression(C=C, solver="liblinear", random_state=0)
+            clf.fit(X[train], yt, sample_weight=w)
+            oof[test] = X[test] @ clf.coef_[0] + clf.intercept_[0]
+            coefs.append(clf.coef_[0])
+    return _fast_auc(y, oof), oof, np.mean(coefs, axis=0)
+
+
+def crossfit_null(X: np.ndarray, n_pos: int, n_draws: int, folds: int = 5, seed: int = 0, C: float = 1.0,
+                  ) -> np.ndarray:
+    """Out-of-fold AUCs of :func:`crossfit_auc` for ``n_draws`` random labellings of the rows of the
+    (standardised) ``X`` with ``n_pos`` positives: the permutation null of the cross-fitted statistic."""
+    rng = np.random.default_rng(seed)
+    base = np.r_[np.ones(n_pos, dtype=int), np.zeros(X.shape[0] - n_pos, dtype=int)]
+    return np.array([crossfit_auc(X, rng.permutation(base), folds, seed, C)[0] for _ in range(n_draws)])
+
+
+def crossfit_folds(n_suspect: int, n_control: int, folds: int) -> int:
+    """Folds actually used: at most one suspect (and control) per fold is needed, so K ≤ min(n_s, n_c)."""
+    return int(min(folds, n_suspect, n_control))
+
+
+def crossfit_test(
+    suspect_X: np.ndarray,
+    control_X: np.ndarray,
+    n_permutations: int = 999,
+    folds: int = 5,
+    seed: int = 0,
+    alternative: Alternative = "greater",
+    feature_names: list[str] | None = None,
+    C: float = 1.0,
+) -> CrossfitResult:
+    """Cross-fitted aggregation test of suspects vs controls on several features.
+
+    Statistic: out-of-fold AUC of :func:`crossfit_auc`. p-value: (1 + #{null ≥ observed}) /
+    (1 + n_permutations), where each null value re-runs the whole cross-fitted procedure (same folds
+    seed, same standardisation) on a random permutation of the suspect/control labels. ``greater`` tests
+    AUC > 0.5 (the classifier separates the sets in the direction it learned on the training folds);
+    ``two-sided`` uses |AUC − ½|. Exactly valid when suspects and controls are exchangeable.
+    """
+    _check_alternative(alternative)
+    S = np.atleast_2d(np.asarray(suspect_X, dtype=float))
+    Cx = np.atleast_2d(np.asarray(control_X, dtype=float))
+    if S.shape[1] != Cx.shape[1]:
+        raise ValueError(f"suspects have {S.shape[1]} features but controls {Cx.shape[1]}")
+    n_s, n_c = S.shape[0], Cx.shape[0]
+    k = crossfit_folds(n_s, n_c, folds)
+    if k < 2:
+        raise ValueError(f"cross-fitting needs at least 2 suspects and 2 controls (got {n_s} and {n_c})")
+    names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(S.shape[1])]
+    Xs, kept, dropped = _standardise(np.vstack([S, Cx]), names)
+    y = np.r_[np.ones(n_s, dtype=int), np.zeros(n_c, dtype=int)]
+    auc, oof, coef = crossfit_auc(Xs, y, k, seed, C)
+    null = crossfit_null(Xs, n_s, n_permutations, k, seed + 1, C)
+    if alternative == "greater":
+        n_ge = int((null >= auc - 1e-12).sum())
+    else:
+        n_ge = int((np.abs(null - 0.5) >= abs(auc - 0.5) - 1e-12).sum())
+    p = (1.0 + n_ge) / (1.0 + n_permutations)
+    test = TestResult("crossfit", float(auc), float(p), n_s, n_c, alternative=alternative, n_resamples=n_permutations)
+    return CrossfitResult(test, float(auc), null, oof, coef, tuple(kept), tuple(dropped), k)
+
+
+def crossfit_pvalues_from_null(stats_: np.ndarray, null: np.ndarray, alternative: Alternative = "greater") -> np.ndarray:
+    """(1 + #{null ≥ t}) / (1 + len(null)) for each statistic t (|t − ½| for two-sided)."""
+    null = np.asarray(null, dtype=float)
+    t = np.asarray(stats_, dtype=float)
+    if alternative == "two-sided":
+        null, t = np.abs(null - 0.5), np.abs(t - 0.5)
+    ref = np.sort(null)
+    n_ge = ref.size - np.searchsorted(ref, t - 1e-12, side="left")
+    return (1.0 + n_ge) / (1.0 + ref.size)
 
 
 def conformal_pvalues(suspect_scores: np.ndarray, control_scores: np.ndarray) -> np.ndarray:
@@ -163,3 +394,111 @@ def min_controls_for(alpha: float, n_tests: int) -> int:
     while (1.0 / (n + 1.0)) * n_tests > alpha:
         n += 1
     return n
+
+
+# ---------------------------------------------------------------------------------------------- Storey's π̂₀
+@dataclass(frozen=True)
+class StoreyEstimate:
+    """Storey's estimate of the share of true nulls among the suspects' conformal p-values, and from it the
+    number of suspects that were members: n_members = m · (1 − π̂₀), with a stratified bootstrap interval."""
+
+    pi0: float
+    n_tests: int
+    n_members: float
+    lo: float
+    hi: float
+    lam: float
+    level: float = 0.95
+    n_boot: int = 1000
+
+
+def storey_pi0(pvals: np.ndarray, lam: float = 0.5) -> float:
+    """π̂₀(λ) = #{p > λ} / (m · (1 − λ)), capped at 1 (Storey 2002)."""
+    p = _check_pvals(pvals)
+    if not 0.0 <= lam < 1.0:
+        raise ValueError(f"lambda must be in [0, 1), got {lam}")
+    if p.size == 0:
+        return 1.0
+    return float(min(1.0, (p > lam).sum() / (p.size * (1.0 - lam))))
+
+
+def storey_estimate(
+    suspect_scores: np.ndarray,
+    control_scores: np.ndarray,
+    lam: float = 0.5,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> StoreyEstimate:
+    """Estimated number of member suspects from their conformal p-values against the controls.
+
+    Conformal p-values of non-member suspects are super-uniform, so π̂₀ is conservative (biased upwards)
+    and the member count is biased downwards. The interval resamples suspects and controls separately
+    (with replacement) and recomputes the conformal p-values and π̂₀ in each replicate (percentile
+    interval); it reflects sampling variability, not the bias of λ.
+    """
+    s = _as_scores(suspect_scores, "suspect")
+    c = _as_scores(control_scores, "control")
+    m = s.size
+    pi0 = storey_pi0(conformal_pvalues(s, c), lam)
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    for b in range(n_boot):
+        bs = s[rng.integers(0, m, m)]
+        bc = c[rng.integers(0, c.size, c.size)]
+        reps[b] = m * (1.0 - storey_pi0(conformal_pvalues(bs, bc), lam))
+    tail = (1.0 - level) / 2.0 * 100.0
+    lo, hi = np.percentile(reps, [tail, 100.0 - tail])
+    return StoreyEstimate(float(pi0), int(m), float(m * (1.0 - pi0)), float(lo), float(hi), float(lam), level, n_boot)
+
+
+# ---------------------------------------------------------------------------------------------- rates, power
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) binomial interval for k successes in n trials (statsmodels)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(int(k), int(n), alpha=1.0 - level, method="beta")
+    return float(lo), float(hi)
+
+
+def _z(alpha: float, power: float, alternative: Alternative) -> tuple[float, float]:
+    za = stats.norm.ppf(1.0 - (alpha / 2.0 if alternative == "two-sided" else alpha))
+    return float(za), float(stats.norm.ppf(power))
+
+
+def noether_power(auc: float, n_suspect: float, n_control: float, alpha: float,
+                  alternative: Alternative = "greater") -> float:
+    """Approximate power of the Mann–Whitney test at true AUC ``auc`` (Noether 1987): the AUC estimate has
+    null variance (n + m + 1) / (12 n m); power = Φ((AUC − ½) / sd − z_α)."""
+    za, _ = _z(alpha, 0.5, alternative)
+    sd = math.sqrt((n_suspect + n_control + 1.0) / (12.0 * n_suspect * n_control))
+    return float(stats.norm.cdf((auc - 0.5) / sd - za))
+
+
+def noether_n(auc: float, n_control: int, alpha: float, power: float = 0.8,
+              alternative: Alternative = "greater") -> int | None:
+    """Suspect works needed for ``power`` at true AUC ``auc`` with ``n_control`` controls (Noether's
+    approximation, solved for n). None when no number of suspects suffices: AUC ≤ ½, or too few controls
+    (then even infinitely many suspects leave the AUC estimate too noisy)."""
+    d = auc - 0.5
+    if not math.isfinite(d) or d <= 0:
+        return None
+    za, zb = _z(alpha, power, alternative)
+    z2 = (za + zb) ** 2
+    m = float(n_control)
+    denom = 12.0 * m * d * d - z2
+    if denom <= 0:
+        return None
+    return max(1, math.ceil(z2 * (m + 1.0) / denom))
+
+
+def noether_controls_needed(auc: float, alpha: float, power: float = 0.8, alternative: Alternative = "greater"
+                            ) -> int | None:
+    """Controls needed for ``power`` with as many suspects as controls (balanced design)."""
+    d = auc - 0.5
+    if not math.isfinite(d) or d <= 0:
+        return None
+    za, zb = _z(alpha, power, alternative)
+    # n = m: 12 m² d² ≥ z² (2m + 1)  →  m ≥ (z² + sqrt(z⁴ + 12 d² z²)) / (12 d²)
+    z2 = (za + zb) ** 2
+    return math.ceil((z2 + math.sqrt(z2 * z2 + 12.0 * d * d * z2)) / (12.0 * d * d))

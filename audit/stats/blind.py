@@ -1,0 +1,130 @@
+"""Model-free ("blind") features of the evidence, for the blind-baseline validity gate.
+
+If suspects and controls can be told apart *without the model* — by colour, texture, size, file format
+or other metadata — then a membership score that separates them may only be picking up that shift, and
+the controls are not a valid null (the failure mode of many published membership results on Stable
+Diffusion, where members and non-members came from different sources or years). The gate runs the same
+set-level test as the verdict on these features (see :mod:`audit.stats.gates`).
+
+The features are computed at scoring time from the preprocessed evidence pixels (the exact pixels the
+attacks saw) and the accepted-file records, and stored as ``features.parquet`` in the results folder,
+so the gate can be re-run from the results folder alone. The artwork's creation date is deliberately
+*not* a feature: controls are usually chosen by date (made after the training cutoff), so it differs
+by design and says nothing about whether the pictures themselves differ.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from audit.types import EvidenceSet, ImageRecord
+
+__all__ = ["blind_features", "pixel_features", "metadata_features", "FEATURE_DESCRIPTIONS"]
+
+# Column → what it measures (shown in the report's methods section).
+FEATURE_DESCRIPTIONS: dict[str, str] = {
+    "px_mean_r": "mean red", "px_mean_g": "mean green", "px_mean_b": "mean blue",
+    "px_std_r": "std. dev. red", "px_std_g": "std. dev. green", "px_std_b": "std. dev. blue",
+    "px_lum_mean": "mean luminance", "px_lum_std": "luminance contrast (std. dev.)",
+    "px_saturation": "mean HSV saturation", "px_colourfulness": "colourfulness (Hasler & Süsstrunk 2003)",
+    "px_lum_entropy": "entropy of the 32-bin luminance histogram",
+    "px_gradient": "mean gradient magnitude (texture)", "px_edge_density": "share of pixels with gradient > 0.1",
+    "px_laplacian_var": "variance of the Laplacian (fine detail / sharpness)",
+    "px_highfreq": "share of spectral energy above half the Nyquist frequency",
+    "meta_log_width": "log original width", "meta_log_height": "log original height",
+    "meta_log_aspect": "log aspect ratio (width / height)",
+    "meta_log_bytes_per_pixel": "log file size per original pixel (compression)",
+    "meta_caption_chars": "caption length (characters)",
+    "meta_format_*": "file format indicator (one column per format present)",
+}
+
+
+def _luminance(x: np.ndarray) -> np.ndarray:
+    return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+
+
+def pixel_features(pixels: np.ndarray) -> pd.DataFrame:
+    """Colour and texture statistics of uint8 images ``[N, 3, H, W]`` (one row per image)."""
+    x = np.asarray(pixels, dtype=np.float32) / 255.0
+    n = x.shape[0]
+    if n == 0:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in FEATURE_DESCRIPTIONS if c.startswith("px_")})
+    flat = x.reshape(n, 3, -1)
+    lum = _luminance(x)  # [N, H, W]
+    mx, mn = x.max(axis=1), x.min(axis=1)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-8), 0.0)
+    rg = x[:, 0] - x[:, 1]
+    yb = 0.5 * (x[:, 0] + x[:, 1]) - x[:, 2]
+    colourful = np.sqrt(rg.reshape(n, -1).std(1) ** 2 + yb.reshape(n, -1).std(1) ** 2) + 0.3 * np.sqrt(
+        rg.reshape(n, -1).mean(1) ** 2 + yb.reshape(n, -1).mean(1) ** 2
+    )
+    gx = np.diff(lum, axis=2)[:, :-1, :]
+    gy = np.diff(lum, axis=1)[:, :, :-1]
+    grad = np.sqrt(gx ** 2 + gy ** 2)
+    lap = (
+        lum[:, 1:-1, 1:-1] * 4 - lum[:, :-2, 1:-1] - lum[:, 2:, 1:-1] - lum[:, 1:-1, :-2] - lum[:, 1:-1, 2:]
+    ) if min(lum.shape[1:]) > 2 else np.zeros((n, 1, 1), dtype=np.float32)
+    hist = np.stack([np.histogram(lum[i], bins=32, range=(0.0, 1.0))[0] for i in range(n)]).astype(float)
+    prob = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
+    entropy = -(np.where(prob > 0, prob * np.log2(np.where(prob > 0, prob, 1.0)), 0.0)).sum(axis=1)
+    spec = np.abs(np.fft.fftshift(np.fft.fft2(lum - lum.mean(axis=(1, 2), keepdims=True)), axes=(1, 2))) ** 2
+    h, w = lum.shape[1:]
+    fy = (np.arange(h) - h // 2) / max(h / 2.0, 1.0)
+    fx = (np.arange(w) - w // 2) / max(w / 2.0, 1.0)
+    radius = np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+    total = spec.sum(axis=(1, 2))
+    high = spec[:, radius > 0.5].sum(axis=1)
+    return pd.DataFrame({
+        "px_mean_r": flat[:, 0].mean(1), "px_mean_g": flat[:, 1].mean(1), "px_mean_b": flat[:, 2].mean(1),
+        "px_std_r": flat[:, 0].std(1), "px_std_g": flat[:, 1].std(1), "px_std_b": flat[:, 2].std(1),
+        "px_lum_mean": lum.reshape(n, -1).mean(1), "px_lum_std": lum.reshape(n, -1).std(1),
+        "px_saturation": sat.reshape(n, -1).mean(1), "px_colourfulness": colourful,
+        "px_lum_entropy": entropy,
+        "px_gradient": grad.reshape(n, -1).mean(1), "px_edge_density": (grad > 0.1).reshape(n, -1).mean(1),
+        "px_laplacian_var": lap.reshape(n, -1).var(1),
+        "px_highfreq": np.where(total > 0, high / np.maximum(total, 1e-20), 0.0),
+    }).astype(float)
+
+
+def _file_size(path: str) -> float:
+    try:
+        return float(os.stat(path).st_size)
+    except OSError:
+        return math.nan
+
+
+def metadata_features(records: Iterable[ImageRecord]) -> pd.DataFrame:
+    """Size, format, compression and caption features from the accepted-file records."""
+    recs = list(records)
+    rows = []
+    for r in recs:
+        w, h = max(int(r.width), 1), max(int(r.height), 1)
+        size = _file_size(r.path)
+        rows.append({
+            "meta_log_width": math.log(w), "meta_log_height": math.log(h), "meta_log_aspect": math.log(w / h),
+            "meta_log_bytes_per_pixel": math.log(size / (w * h)) if size == size and size > 0 else math.nan,
+            "meta_caption_chars": float(len(r.caption or "")),
+        })
+    df = pd.DataFrame(rows, columns=["meta_log_width", "meta_log_height", "meta_log_aspect",
+                                     "meta_log_bytes_per_pixel", "meta_caption_chars"])
+    for fmt in sorted({(r.format or "unknown").upper() for r in recs}):
+        df[f"meta_format_{fmt}"] = [float((r.format or "unknown").upper() == fmt) for r in recs]
+    return df.astype(float)
+
+
+def blind_features(evidence: EvidenceSet, chunk: int = 256) -> pd.DataFrame:
+    """Model-free features of every accepted artwork: ``image_id``, ``role`` and one float column per feature.
+
+    Pixel statistics come from the preprocessed pixels the attacks scored (``evidence.pixels``), in chunks
+    of ``chunk`` images; size/format/compression/caption features from the records.
+    """
+    parts = [pixel_features(evidence.pixels[i:i + chunk].numpy()) for i in range(0, len(evidence), chunk)]
+    px = pd.concat(parts, ignore_index=True) if parts else pixel_features(np.zeros((0, 3, 2, 2), np.uint8))
+    meta = metadata_features(evidence.records)
+    ids = pd.DataFrame({"image_id": [r.image_id for r in evidence.records],
+                        "role": [r.role for r in evidence.records]})
+    return pd.concat([ids, px, meta], axis=1)
