@@ -144,9 +144,11 @@ def declare_plan(stats_cfg: Any, out: Path) -> dict[str, Any]:
 
 
 def analyze_and_report(run: io.RunData, stats_cfg: Any, report_cfg: Any, out: Path,
-                       timings: dict[str, float] | None = None, t_start: float | None = None) -> Path:
+                       timings: dict[str, float] | None = None, t_start: float | None = None,
+                       source: Path | None = None) -> Path:
     """Analyse a ScoreTable and write analysis.json + the report (HTML, and PDF when configured).
-    Used by runs and by scripts/report.py. Returns the HTML report's path (the folder without a report)."""
+    Used by runs and by scripts/report.py (``source``: the results folder read, when writing elsewhere).
+    Returns the HTML report's path (the folder without a report)."""
     from audit.report import write_reports
     from audit.stats import analyze
 
@@ -170,7 +172,7 @@ def analyze_and_report(run: io.RunData, stats_cfg: Any, report_cfg: Any, out: Pa
                             formats=list(report_cfg.get("formats", ["html", "pdf"])),
                             filename=report_cfg.get("filename", "report.html"),
                             pdf_filename=report_cfg.get("pdf_filename", "report.pdf"),
-                            features=run.features)
+                            features=run.features, run_folder=source or out)
     for kind, path in written.items():
         print(f"report ({kind}): {path}")
     return Path(written.get("html", out))

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> Path:
         report_cfg.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     elif "formats" not in report_cfg:
         report_cfg.formats = ["html", "pdf"]
-    out = analyze_and_report(run, cfg.stats, report_cfg, args.out or args.results)
+    out = analyze_and_report(run, cfg.stats, report_cfg, args.out or args.results, source=args.results)
     print(f"regenerated in {time.time() - t0:.1f} s")
     return out
 

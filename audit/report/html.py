@@ -204,8 +204,24 @@ def _b64(png: bytes | None) -> str | None:
     return to_base64(png) if png is not None else None
 
 
+def _reconstruction(run_folder: str | Path | None) -> dict[str, Any] | None:
+    """The reconstruction-tests section (issue 4's partial), when the run folder has one."""
+    if run_folder is None:
+        return None
+    try:
+        from audit.reconstruction.report import reconstruction_context
+    except ImportError:  # pragma: no cover - optional part of the package
+        return None
+    try:
+        return reconstruction_context(run_folder)
+    except Exception as e:  # a broken optional section must not cost the report
+        log.warning("reconstruction section left out: %s: %s", type(e).__name__, e)
+        return None
+
+
 def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
-             metadata: dict[str, Any], features: pd.DataFrame | None, pdf_note: str | None) -> dict[str, Any]:
+             metadata: dict[str, Any], features: pd.DataFrame | None, pdf_note: str | None,
+             run_folder: str | Path | None = None) -> dict[str, Any]:
     plan = result.plan
     meta = dict(metadata)
     config_yaml = meta.pop("config_yaml", None)
@@ -260,13 +276,15 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
         model=model, feature_rows=feature_rows, seeds=seeds, versions=versions,
         plan_record=meta.get("analysis_plan"), scenario=meta.get("scenario"), pdf_note=pdf_note,
         gate_status={g.name: g.status for g in result.gates},
+        reconstruction=_reconstruction(run_folder),
     )
 
 
 # ---------------------------------------------------------------------------------------------- writers
 def _render(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
-            metadata: dict[str, Any], features: pd.DataFrame | None = None, pdf_note: str | None = None) -> str:
-    ctx = _context(result, scores, images, rejected, metadata, features, pdf_note)
+            metadata: dict[str, Any], features: pd.DataFrame | None = None, pdf_note: str | None = None,
+            run_folder: str | Path | None = None) -> str:
+    ctx = _context(result, scores, images, rejected, metadata, features, pdf_note, run_folder)
     return _env().get_template("report.html.j2").render(**ctx)
 
 
@@ -279,15 +297,17 @@ def render_html(
     out_path: str | Path,
     features: pd.DataFrame | None = None,
     pdf_note: str | None = None,
+    run_folder: str | Path | None = None,
 ) -> Path:
     """Write the audit report as one self-contained HTML file at ``out_path`` and return its path.
 
     ``images``: the accepted-image table (image_id, path, role, caption, artist, created, width, height,
     format); ``rejected``: dicts with at least path, role, reason; ``metadata``: provenance (command,
     target, attacks, package versions, seed, ``config_yaml`` …), rendered as given; ``features``: the
-    model-free feature table (only its column names are shown, in the methods section).
+    model-free feature table (only its column names are shown, in the methods section); ``run_folder``: the
+    results folder whose ``reconstruction/`` output (if any) becomes the reconstruction-tests section.
     """
-    html = _render(result, scores, images, rejected, metadata, features, pdf_note)
+    html = _render(result, scores, images, rejected, metadata, features, pdf_note, run_folder)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
@@ -325,6 +345,7 @@ def write_reports(
     filename: str = "report.html",
     pdf_filename: str = "report.pdf",
     features: pd.DataFrame | None = None,
+    run_folder: str | Path | None = None,
 ) -> dict[str, Path]:
     """Write the report in each of ``formats`` (``html``, ``pdf``) into ``out_dir``; returns {format: path}.
 
@@ -336,7 +357,8 @@ def write_reports(
     if unknown:
         raise ValueError(f"unknown report formats {unknown}; choose from ['html', 'pdf']")
     out = Path(out_dir)
-    html_path = render_html(result, scores, images, rejected, metadata, out / filename, features)
+    html_path = render_html(result, scores, images, rejected, metadata, out / filename, features,
+                            run_folder=run_folder if run_folder is not None else out)
     written: dict[str, Path] = {"html": html_path}
     if "pdf" in formats:
         try:
