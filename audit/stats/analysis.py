@@ -417,8 +417,10 @@ def _verdict(plan: AnalysisPlan, label: str, t: TestResult | None, n_suspect: in
         )
         pc = next((g for g in gates if g.name == "positive_control" and g.status == "pass"), None)
         if pc is not None and pc.details.get("power", {}).get("rate") is not None:
-            sentence += (f" At the effect measured on the known members, the test's power at this number of "
-                         f"suspect works is about {pc.details['power']['rate'] * 100:.0f}%.")
+            sentence += (f" Had every suspect work been in the training data, the test would have detected it "
+                         f"with about {pc.details['power']['rate'] * 100:.0f}% probability (power measured on the "
+                         "known members at this number of works); a few members among many suspects are much "
+                         "harder to detect.")
         decision = "fail_to_reject"
     return Verdict(decision, sentence, label, plan.test, plan.alpha, t.p_value, [], confirmatory)
 
