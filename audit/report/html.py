@@ -200,6 +200,25 @@ def _config_values(config_yaml: str | None) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _common_folder(paths: list[str]) -> str:
+    import os
+
+    paths = [p for p in paths if p]
+    if len(paths) < 2:
+        return ""
+    try:
+        root = os.path.commonpath(paths)
+    except ValueError:  # mixed absolute/relative paths or drives
+        return ""
+    return "" if root in ("", "/", ".") else root
+
+
+def _relative(path: str, root: str) -> str:
+    if root and path.startswith(root.rstrip("/") + "/"):
+        return path[len(root.rstrip("/")) + 1:]
+    return path
+
+
 def _b64(png: bytes | None) -> str | None:
     return to_base64(png) if png is not None else None
 
@@ -242,6 +261,10 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
         role_counts = {r: int((images["role"] == r).sum()) for r in ROLES}
     else:
         inventory, role_counts = [], {}
+    # Paths are shown relative to their common folder (printed once), so the inventory fits a page width.
+    path_root = _common_folder([str(i.get("path", "")) for i in inventory])
+    for i in inventory:
+        i["rel_path"] = _relative(str(i.get("path", "")), path_root)
     target = meta.get("target") or {}
     target_cfg = cfg.get("target") or {}
     model = {
@@ -276,7 +299,7 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
         model=model, feature_rows=feature_rows, seeds=seeds, versions=versions,
         plan_record=meta.get("analysis_plan"), scenario=meta.get("scenario"), pdf_note=pdf_note,
         gate_status={g.name: g.status for g in result.gates},
-        reconstruction=_reconstruction(run_folder),
+        reconstruction=_reconstruction(run_folder), path_root=path_root,
     )
 
 
