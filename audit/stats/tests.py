@@ -169,7 +169,7 @@ def permutation_pvalues_batch(
     pooled = np.concatenate([S, C], axis=1)
     obs_sum = S.sum(axis=1)
     out = np.empty(S.shape[0])
-    chunk = max(1, int(2e7 // max(1, n_resamples * n_s)))
+    chunk = max(1, int(5e6 // max(1, n_resamples * n_s)))  # ≤ 40 MB of gathered scores at a time
     for a in range(0, S.shape[0], chunk):
         sums = pooled[a:a + chunk][:, idx].sum(axis=2)  # [chunk, n_resamples]
         # mean difference is increasing in the suspect-group sum (fixed group sizes), so compare sums;
