@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -374,3 +375,39 @@ def test_figures_and_report_context(collapsed_run):
     assert page.count("<figure>") == 2 and "recon_gen_tiled_l2" in page
     assert env.from_string('{% if reconstruction %}{% include "' + TEMPLATE_NAME + '" %}{% endif %}').render(reconstruction=None) == ""
     assert to_unit(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [0.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+def test_audit_run_with_reconstruction(collapsed, tmp_path):
+    """`audit-run ... reconstruction=screen`: recon_* rows join scores.parquet (after the attacks, so the
+    primary attack is unchanged), the run folder holds the figures and seeds, the report shows them."""
+    from hydra import compose, initialize_config_dir
+
+    from audit import io
+    from audit.cli import CONFIG_DIR
+    from audit.data import write_manifest
+    from audit.pipeline import run_audit
+
+    rows = []
+    for role, images in (("suspect", collapsed.members), ("control", collapsed.held_out)):
+        for i, img in enumerate(images):
+            p = tmp_path / f"{role}_{i}.png"
+            Image.fromarray(img.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()).save(p)
+            rows.append({"path": str(p), "role": role, "caption": ""})
+    manifest = write_manifest(rows, tmp_path / "manifest.csv")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="audit", overrides=[
+            "experiment=own_model", f"target.source={collapsed.model_dir}", "target.local_files_only=true",
+            f"data.manifest={manifest}", "attack=[loss]", "runtime.progress=false", "reconstruction=screen",
+            "reconstruction.generate.n=24", "reconstruction.figures.max_items=2", "report.formats=[html]",
+            "stats.n_permutations=200", "stats.n_bootstrap=50"])
+    out = tmp_path / "run"
+    report = run_audit(cfg, out)
+    run = io.read_run(out)
+    attacks = list(dict.fromkeys(run.scores.df["attack"]))
+    assert attacks[0] == "loss" and {"recon_gen_tiled_l2", "recon_inpaint_half", "recon_img2img_tiled_l2"} <= set(attacks)
+    meta = run.metadata["reconstruction"]
+    assert meta["dir"] == "reconstruction" and meta["unet_evaluations"] > 0 and meta["n_generations"] == 24
+    assert (out / "reconstruction" / "reconstruction.json").is_file() and (out / "reconstruction" / "evidence_grid.png").is_file()
+    html = Path(report).read_text()
+    assert "Reconstruction tests" in html and "data:image/png;base64," in html
