@@ -339,6 +339,8 @@ def render_html(
 
 def render_pdf(html_path: str | Path, pdf_path: str | Path) -> Path:
     """Render an HTML report to PDF with WeasyPrint. Raises :class:`PdfUnavailable` with the reason."""
+    for name in ("weasyprint", "weasyprint.progress", "fontTools"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # per-step INFO logs (some at import) flood Hydra's log
     try:
         from weasyprint import HTML
     except ImportError as e:
@@ -349,8 +351,6 @@ def render_pdf(html_path: str | Path, pdf_path: str | Path) -> Path:
     out = Path(pdf_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        for name in ("weasyprint", "weasyprint.progress", "fontTools"):
-            logging.getLogger(name).setLevel(logging.ERROR)  # per-step INFO logs flood Hydra's run log
         HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).write_pdf(str(out))
     except Exception as e:  # a rendering failure must never cost the HTML report
         raise PdfUnavailable(f"PDF rendering failed: {type(e).__name__}: {e}") from None

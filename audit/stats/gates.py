@@ -98,10 +98,10 @@ class PrimaryData:
         return 0 if v is None else int(v.shape[0])
 
 
-def _fmt(p: float) -> str:
+def _fmt(p: float, alpha: float | None = None) -> str:
     from audit.stats.analysis import format_p
 
-    return format_p(p)
+    return format_p(p, alpha)
 
 
 def _gate(name: str, status: str, summary: str, **details: Any) -> GateResult:
@@ -178,12 +178,12 @@ def blind_baseline_gate(features: pd.DataFrame | None, suspect_ids: list[str], c
     if p <= plan.alpha:
         return _gate(name, "fail",
                      f"Model-free image features alone separate the suspects from the controls (cross-fitted "
-                     f"out-of-fold AUC {cf.auc:.3f}, p = {_fmt(p)} ≤ α = {plan.alpha:g}; largest differences: {top}). "
+                     f"out-of-fold AUC {cf.auc:.3f}, p = {_fmt(p, plan.alpha)} ≤ α = {plan.alpha:g}; largest differences: {top}). "
                      "The controls differ from the suspects in ways that have nothing to do with the model, so they "
                      "are not a valid null for them.", **details)
     return _gate(name, "pass",
                  f"Model-free image features do not separate the suspects from the controls (cross-fitted "
-                 f"out-of-fold AUC {cf.auc:.3f}, p = {_fmt(p)} > α = {plan.alpha:g}).", **details)
+                 f"out-of-fold AUC {cf.auc:.3f}, p = {_fmt(p, plan.alpha)} > α = {plan.alpha:g}).", **details)
 
 
 # ---------------------------------------------------------------------------------------------- placebo
@@ -270,16 +270,16 @@ def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan") -> GateResult
     if not detected:
         return _gate(name, "fail",
                      f"The primary test does not detect the {n_m} known members against the controls (p = "
-                     f"{_fmt(test.p_value)} > α = {plan.alpha:g}; AUC {auc:.3f}): on this model the primary "
+                     f"{_fmt(test.p_value, plan.alpha)} > α = {plan.alpha:g}; AUC {auc:.3f}): on this model the primary "
                      f"statistic cannot be shown to work, so neither a detection nor a non-detection among the "
                      f"suspects is interpretable; {power_txt}.", **details)
-    summary = (f"The primary test detects the {n_m} known members against the controls (p = {_fmt(test.p_value)}, "
+    summary = (f"The primary test detects the {n_m} known members against the controls (p = {_fmt(test.p_value, plan.alpha)}, "
                f"AUC {auc:.3f}); {power_txt}.")
     if "p_nonmembers" in details:
         pn = details["p_nonmembers"]
         summary += (f" Negative control: the {details['n_nonmember']} known nonmembers are "
                     + ("not " if pn > plan.alpha else "")
-                    + f"distinguished from the controls (p = {_fmt(pn)})"
+                    + f"distinguished from the controls (p = {_fmt(pn, plan.alpha)})"
                     + ("." if pn > plan.alpha else " — the controls may not be a valid null; see limitations."))
     return _gate(name, "pass", summary, **details)
 
