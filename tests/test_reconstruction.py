@@ -43,7 +43,7 @@ FAST = {
     "generate": {"n": 48, "steps": 10, "clique_threshold": 0.2, "min_clique": 3, "ssim_top_k": 8},
     "inpaint": {"masks": ["half", "centre", "blocks"], "steps": 10, "resample": 2},
     "img2img": {"strength": 0.5, "steps": 5, "n": 2},
-    "figures": {"roles": ["suspect"], "max_items": 2, "top_k": 2, "scale": 48},
+    "figures": {"roles": ["suspect"], "max_items": 2, "controls": 1, "top_k": 2, "scale": 48},
 }
 
 
@@ -359,7 +359,7 @@ def test_figures_and_report_context(collapsed_run):
     d = out.out_dir
     assert (d / "evidence_grid.png").is_file() and (d / "reconstruction.html").is_file()
     ctx = reconstruction_context(d.parent)  # from the run folder, as the report will call it
-    assert ctx is not None and len(ctx["works"]) == 2
+    assert ctx is not None and [w["label"].split()[0] for w in ctx["works"]] == ["suspect", "suspect", "control"]
     assert all(w["src"].startswith("data:image/png;base64,") for w in ctx["works"])
     assert {s["name"] for s in ctx["statistics"]} == set(out.scores.attacks)
     assert reconstruction_context(d / "nonexistent") is None
@@ -372,7 +372,7 @@ def test_figures_and_report_context(collapsed_run):
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True, undefined=StrictUndefined)
     page = env.from_string('{% if reconstruction %}{% include "' + TEMPLATE_NAME + '" %}{% endif %}').render(reconstruction=ctx)
-    assert page.count("<figure>") == 2 and "recon_gen_tiled_l2" in page
+    assert page.count("<figure>") == 3 and "recon_gen_tiled_l2" in page
     assert env.from_string('{% if reconstruction %}{% include "' + TEMPLATE_NAME + '" %}{% endif %}').render(reconstruction=None) == ""
     assert to_unit(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [0.0, 1.0]
 

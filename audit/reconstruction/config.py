@@ -89,12 +89,15 @@ class Img2ImgConfig:
 @dataclass
 class FigureConfig:
     """Evidence figures: which artworks get a row (``roles``; when none of them is present the first
-    non-control role present is used), at most ``max_items``, each with its ``top_k`` closest
-    generations; ``scale`` = pixels per displayed image side (nearest-neighbour upscaling)."""
+    non-control role present is used), at most ``max_items`` (most member-like first), plus the
+    ``controls`` most member-like controls for contrast (the hardest negatives, not typical ones), each
+    with its ``top_k`` closest generations; ``scale`` = pixels per displayed image side
+    (nearest-neighbour upscaling)."""
 
     enabled: bool = True
     roles: list[str] = field(default_factory=lambda: ["suspect"])
     max_items: int = 16
+    controls: int = 2
     top_k: int = 4
     scale: int = 96
 

@@ -173,10 +173,13 @@ def run_reconstruction(
         if cfg.generate.enabled:
             embedder_info = _generate_and_match(target, ev, cfg, seed, progress, stats, hashes, per_art, material,
                                                 groups_out)
+            _prune(material, stats, recs, cfg)
         if cfg.inpaint.enabled and cfg.inpaint.masks:
             _inpaint_all(target, ev, cfg, seed, progress, stats, hashes, per_art, material)
+            _prune(material, stats, recs, cfg)
         if cfg.img2img.enabled:
             _img2img_all(target, ev, cfg, seed, progress, stats, hashes, per_art, material)
+            _prune(material, stats, recs, cfg)
     if not stats:
         raise ValueError("reconstruction: every test is disabled (generate, inpaint, img2img)")
 
@@ -245,10 +248,27 @@ def _json_default(o: Any) -> Any:
 
 def _figure_candidates(cfg: ReconstructionConfig, recs: list) -> list[int]:
     roles_present = [r.role for r in recs]
-    wanted = [r for r in cfg.figures.roles if r in roles_present]
+    wanted = [r for r in cfg.figures.roles if r in roles_present and r != "control"]
     if not wanted:
         wanted = [r for r in ("suspect", "member", "nonmember") if r in roles_present][:1]
+    if int(cfg.figures.controls) > 0:
+        wanted.append("control")
     return [i for i, r in enumerate(recs) if r.role in wanted]
+
+
+def _prune(material: dict[int, dict[str, Any]], stats: dict[str, np.ndarray], recs: list, cfg: ReconstructionConfig) -> None:
+    """Keep figure material only for the works that can still be shown: the ``max_items`` most member-like
+    works of the figure roles and the ``controls`` most member-like controls, by the first statistic (which
+    orders them exactly as its conformal p-values do). Bounds memory when there are thousands of works."""
+    if not stats or not material:
+        return
+    s = stats[_primary_stat(stats)]
+    ctrl = sorted((i for i in material if recs[i].role == "control"), key=lambda i: -s[i])
+    other = sorted((i for i in material if recs[i].role != "control"), key=lambda i: -s[i])
+    keep = set(other[: int(cfg.figures.max_items)]) | set(ctrl[: int(cfg.figures.controls)])
+    for i in list(material):
+        if i not in keep:
+            del material[i]
 
 
 def _summaries(stats: dict[str, np.ndarray], roles: np.ndarray, fpr: float) -> dict[str, Any]:
@@ -457,6 +477,10 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
 
 
+def _ordinal(k: int) -> str:
+    return {1: "", 2: "2nd ", 3: "3rd "}.get(k, f"{k}th ")
+
+
 def _primary_stat(stats: dict[str, np.ndarray]) -> str:
     return next(iter(stats))
 
@@ -464,13 +488,11 @@ def _primary_stat(stats: dict[str, np.ndarray]) -> str:
 def _write_figures(cfg, out: Path, recs, per_art, material, originals, stats, roles):
     controls = roles == "control"
     primary = _primary_stat(stats)
-    cand = list(material)
-    if controls.any():
-        p = conformal_p(stats[primary][cand], stats[primary][controls])
-        cand = [cand[j] for j in np.lexsort((-stats[primary][cand], p))]
-    else:
-        cand = sorted(cand, key=lambda i: -stats[primary][i])
-    chosen = cand[: int(cfg.figures.max_items)]
+    s = stats[primary]
+    # works of the figure roles by p-value (= by score), then the most member-like controls for contrast
+    works = sorted((i for i in material if recs[i].role != "control"), key=lambda i: -s[i])[: int(cfg.figures.max_items)]
+    ctrl = sorted((i for i in material if recs[i].role == "control"), key=lambda i: -s[i])[: int(cfg.figures.controls)]
+    chosen = works + ctrl
     rows: list[EvidenceRow] = []
     items: list[dict[str, Any]] = []
     files: list[str] = []
@@ -497,6 +519,9 @@ def _write_figures(cfg, out: Path, recs, per_art, material, originals, stats, ro
             panels.append(Panel(img, f"ℓ2t {_fmt(d)}", f"img2img t={t}"))
         pvals = art.get("p_conformal", {})
         ptxt = ", ".join(f"{k.removeprefix('recon_')} p={_fmt(v, 2)}" for k, v in list(pvals.items())[:4])
+        if r.role == "control":
+            rank = int((s[controls] > s[i]).sum()) + 1
+            ptxt = f"for contrast: the control with the {_ordinal(rank)}highest {primary}"
         title = f"{r.role} {_short(r.image_id)}" + (f" — “{r.caption[:60]}”" if r.caption else "") + (f"   [{ptxt}]" if ptxt else "")
         row = EvidenceRow(title, panels)
         rows.append(row)
