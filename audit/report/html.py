@@ -144,8 +144,9 @@ def limitations(result: AuditResult) -> list[str]:
         "product is outside this report.",
         "Exploratory results (every attack other than the primary statistic, the second set-level test, "
         "per-attack tables) are not corrected for multiple comparisons and must not be quoted as confirmatory.",
-        "Storey's estimate of the number of member suspects is conservative (it tends to undercount) and its "
-        "interval reflects sampling variability only.",
+        "Storey's estimate of the number of member suspects is noisy when there are few suspects (on the demo, "
+        "60 suspects: a standard deviation of about 6 works), it is clipped at zero (so with no members it still "
+        "averages a few), and its interval reflects sampling variability only.",
     ]
     pc = result.gate("positive_control")
     if pc is None or pc.status == "not_run":

@@ -432,8 +432,9 @@ def storey_estimate(
 ) -> StoreyEstimate:
     """Estimated number of member suspects from their conformal p-values against the controls.
 
-    Conformal p-values of non-member suspects are super-uniform, so π̂₀ is conservative (biased upwards)
-    and the member count is biased downwards. The interval resamples suspects and controls separately
+    Conformal p-values of non-member suspects are super-uniform, so π̂₀ (before the cap at 1) is conservative
+    and the member count biased downwards; the cap (count ≥ 0) biases it upwards when there are few or no
+    members. The interval resamples suspects and controls separately
     (with replacement) and recomputes the conformal p-values and π̂₀ in each replicate (percentile
     interval); it reflects sampling variability, not the bias of λ.
     """
