@@ -89,9 +89,9 @@ class ImageEmbedder:
         feats = []
         with torch.inference_mode():
             for i in range(0, images.shape[0], self.batch_size):
-                x = images[i:i + self.batch_size].float()
+                x = images[i:i + self.batch_size].float().to(self.device)
                 x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
                                   align_corners=False).clamp(0, 1)
-                x = ((x - self.mean) / self.std).to(self.device)
+                x = (x - self.mean.to(self.device)) / self.std.to(self.device)
                 feats.append(F.normalize(self._features(x).float(), dim=-1).cpu())
         return torch.cat(feats) if feats else torch.empty(0, 0)

@@ -321,8 +321,8 @@ def _generate_and_match(target, ev, cfg, seed, progress, stats, hashes, per_art,
                                    eta=g.eta, batch_size=cfg.batch_size, shape=shape)
         gens = generate(target, rec)
         bar.update(len(rec.seeds))
-        G = to_unit(gens)
-        A = to_unit(ev.pixels[idxs])
+        G = to_unit(gens).to(target.device)  # distances on the model's device (a GPU when there is one)
+        A = to_unit(ev.pixels[idxs]).to(target.device)
         D = tiled_l2_pairwise(A, G, g.tiles)  # [a, n_gen]
         order = torch.argsort(D, dim=1)
         group: dict[str, Any] = {"index": gi, "prompt": prompt, "n_artworks": len(idxs), "record": rec.to_dict()}
@@ -332,8 +332,8 @@ def _generate_and_match(target, ev, cfg, seed, progress, stats, hashes, per_art,
             group["prompt_clique"] = {"size": len(cl), "members": cl, "flagged": len(cl) >= g.min_clique}
         groups_out.append(group)
         k_ssim = G.shape[0] if g.ssim_top_k is None else min(int(g.ssim_top_k), G.shape[0])
-        emb_g = embedder.embed(G) if embedder is not None else None
-        emb_a = embedder.embed(A) if embedder is not None else None
+        emb_g = embedder.embed(G).cpu() if embedder is not None else None
+        emb_a = embedder.embed(A).cpu() if embedder is not None else None
         for a, i in enumerate(idxs):
             cand = order[a, :k_ssim]
             sims = ssim(A[a:a + 1].expand(len(cand), -1, -1, -1), G[cand])
