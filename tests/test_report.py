@@ -166,6 +166,11 @@ def test_write_reports_writes_html_and_a_paged_pdf(tmp_path, audit_inputs):
     assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
     assert _pdf_pages(pdf) >= 3
     assert "PDF report not written" not in written["html"].read_text(encoding="utf-8")
+    # WeasyPrint turns on PIL's global LOAD_TRUNCATED_IMAGES when imported; the report must switch it back
+    # off, or truncated evidence files rendered after a report would be silently accepted.
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     with pytest.raises(ValueError, match="unknown report formats"):
         write_reports(result, scores, images, rejected, metadata, tmp_path, formats=["docx"])
 

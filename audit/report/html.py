@@ -342,6 +342,11 @@ def render_pdf(html_path: str | Path, pdf_path: str | Path) -> Path:
     """Render an HTML report to PDF with WeasyPrint. Raises :class:`PdfUnavailable` with the reason."""
     for name in ("weasyprint", "weasyprint.progress", "fontTools"):
         logging.getLogger(name).setLevel(logging.ERROR)  # per-step INFO logs (some at import) flood Hydra's log
+    # Importing WeasyPrint sets PIL's process-wide ImageFile.LOAD_TRUNCATED_IMAGES = True, after which a
+    # truncated evidence file would decode silently instead of being rejected. Restore the flag afterwards.
+    from PIL import ImageFile
+
+    truncated_flag = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         from weasyprint import HTML
     except ImportError as e:
@@ -349,12 +354,16 @@ def render_pdf(html_path: str | Path, pdf_path: str | Path) -> Path:
     except OSError as e:  # WeasyPrint is installed but cannot load pango
         raise PdfUnavailable(f"WeasyPrint cannot load its system libraries ({e}); on Debian/Ubuntu: "
                              f"apt-get install {PDF_LIBRARIES}") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_flag
     out = Path(pdf_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).write_pdf(str(out))
     except Exception as e:  # a rendering failure must never cost the HTML report
         raise PdfUnavailable(f"PDF rendering failed: {type(e).__name__}: {e}") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_flag
     return out
 
 
