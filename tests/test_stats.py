@@ -349,7 +349,7 @@ def test_crossfit_permutation_test_is_exactly_valid_under_exchangeability():
     from scipy.stats import kstest
 
     rng = np.random.default_rng(13)
-    B, draws = 19, 150
+    B, draws = 19, 120
     p = np.empty(draws)
     for i in range(draws):
         X = rng.standard_t(2, size=(36, 3)) * np.array([1.0, 10.0, 0.1])
