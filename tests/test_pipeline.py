@@ -32,6 +32,8 @@ def _options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g != "hydra" for o in _options(g)])
 def test_every_config_file_composes_and_instantiates(group, option, memorized_ddpm, tiny_sd, tmp_path):
+    if group in OTHER_PRIMARY:
+        return _check_script_group(group, option, tmp_path)
     overrides = [f"{group}={option}", f"paths.cache_dir={tmp_path}"]
     if group == "attack":
         overrides[0] = f"attack=[{option}]"
@@ -57,6 +59,41 @@ def test_every_config_file_composes_and_instantiates(group, option, memorized_dd
         assert cfg.get("scenario") is None and OmegaConf.is_missing(cfg.target, "source")
     else:
         assert cfg[group] is not None
+
+
+# groups of scripts/train_target.py and scripts/benchmark.py, composed through their own primary configs
+OTHER_PRIMARY = {"dataset": "train_target", "model": "train_target", "bench": "benchmark"}
+
+
+def _check_script_group(group: str, option: str, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from audit.data.sources import dataset_entries
+
+    overrides = [f"{group}={option}", f"paths.cache_dir={tmp_path}", f"paths.results_dir={tmp_path}"]
+    if group == "bench" and option == "local":
+        overrides.append(f"bench.target_dir={tmp_path}")
+    if group == "dataset" and option == "folder":
+        (tmp_path / "artist_a").mkdir()
+        (tmp_path / "artist_a" / "w.png").write_bytes(b"")
+        overrides.append(f"dataset.folder={tmp_path}")
+    if group == "dataset" and option == "synthetic":
+        overrides.append("dataset.per_artist=2")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(OTHER_PRIMARY[group], overrides=overrides)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    if group == "dataset":
+        if option == "openclipart" and not Path("/usr/share/openclipart/png").is_dir():
+            with pytest.raises(FileNotFoundError, match="apt-get install openclipart-png"):
+                dataset_entries(cfg.dataset, tmp_path)
+            return
+        entries = dataset_entries(cfg.dataset, tmp_path)
+        assert entries and all(Path(e["path"]).is_file() and "category" in e for e in entries)
+    elif group == "model":
+        assert cfg.model.kind in ("ddpm", "lora") and cfg.model.n_members > 0 and cfg.model.n_nonmembers > 0
+    else:
+        assert cfg.bench.name == option and cfg.bench.source and cfg.out.endswith(option)
+        assert set(cfg.attack) >= {"loss", "pia"}
 
 
 def test_multirun_over_attacks_composes_one_attack_per_job():
