@@ -449,3 +449,13 @@ def test_make_artwork_folder(tmp_path: Path) -> None:
         {k: v for k, v in e.items() if k != "path"} for e in e2
     ]
     json.dumps(e1)  # plain, serialisable entries
+
+
+def test_truncated_file_rejected_even_if_pil_was_told_to_pad(tmp_path: Path, monkeypatch) -> None:
+    """WeasyPrint (PDF reports) flips PIL's process-wide LOAD_TRUNCATED_IMAGES on import; the loader must
+    still refuse a truncated artwork instead of silently padding it with grey."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(ImageRejected, match="corrupt image"):
+        validate_and_load(_truncated_png(tmp_path / "half.png"), 16)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -227,6 +227,9 @@ def validate_and_load(
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)  # animated GIF/WebP/TIFF pages: the first frame is the artwork
+                # A truncated file is evidence we cannot vouch for: refuse it even if another library in
+                # this process (WeasyPrint does, on import) switched PIL to padding truncated images.
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
                 if fmt in ("JPEG", "MPO"):
                     # DCT-domain downscaling by 1/2, 1/4 or 1/8 while decoding; PIL keeps both sides
                     # >= the requested size, so the shorter side stays >= resolution.
