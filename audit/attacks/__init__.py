@@ -9,6 +9,7 @@ from audit.attacks.pia import PIA, PIAN
 from audit.attacks.rediffuse import ReDiffuse, img2img
 from audit.attacks.runner import score_evidence
 from audit.attacks.secmi import SecMI
+from audit.attacks.sima import SimA
 from audit.attacks.wen import Wen
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "NoiseSource",
     "ReDiffuse",
     "SecMI",
+    "SimA",
     "Wen",
     "img2img",
     "score_evidence",
