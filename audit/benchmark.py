@@ -364,6 +364,10 @@ def write_benchmark(result: dict[str, Any], out: str | Path) -> Path:
         md.append(f"| {r['attack']} | {r['access']} | {_fmt_ci(r['auc'], r['auc_ci'])} | "
                   f"{_fmt_ci(t1['tpr'], t1['ci'])} (n={t1['n_nonmember']}) | {t01s} | {r['evals_per_image']:.0f} | "
                   f"{r['images_per_s']:.1f} | {r['peak_memory_mb']:.0f} | {r.get('overhead_ratio', float('nan')):.2f} |")
+    if any(r.get("access") == "white" for r in ok):
+        md += ["", "White-box attacks (GSA) also make backward passes (`backward_passes_per_image` in their params); "
+               "the bare loop makes the forward calls only, so their overhead ratio mostly measures the backward "
+               "passes and GSA's per-image gradients, not framework cost."]
     md += ["", f"## Set-level test (one-sided Mann–Whitney U) vs number of suspect works, α = {s['alpha']}", "",
            f"Median p-value over {s['n_draws']} draws [quartiles] and power (share of draws with p < α); suspects "
            "mix members at the given fraction with held-out non-members; controls are other held-out non-members.", ""]
