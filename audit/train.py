@@ -144,6 +144,10 @@ def _train_lora(cfg: Any, out: Path, cache: Path, progress: bool) -> Path:
                   captions=[ev.records[i].caption for i in idx], steps=int(m["lora_steps"]), lr=float(m["lora_lr"]),
                   batch_size=int(m["lora_batch_size"]))
         timings["lora_s"] = time.time() - t0
+    previous = out / "membership.json"
+    if previous.is_file():  # a resumed run keeps the timings of the stages it skipped
+        timings = {**json.loads(previous.read_text()).get("training", {}), **timings}
+        timings.pop("machine", None)
     _write_outputs(out, ev, {"kind": "lora", "seed": seed, "artist": artist, "group_key": key, "model": _plain(m),
                              "dataset": _plain(cfg["dataset"]), "base": str(base), "lora": str(lora),
                              "training": {**timings, "machine": _machine("cpu")}})
