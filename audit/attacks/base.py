@@ -115,6 +115,11 @@ class Attack(abc.ABC):
                 "evaluations_per_image": self.evaluations_per_image(),
                 "backward_passes_per_image": self.backward_passes_per_image(), "params": self.params()}
 
+    def _check_prediction_type(self, target: Target, label: str) -> None:
+        """Attacks that read ε̂ need a model whose output converts to ε (ε-, v- or x0-prediction)."""
+        if target.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise AttackSetupError(f"{label} needs an ε-, v- or x0-prediction model, got {target.prediction_type!r}")
+
     def _check_timesteps(self, target: Target, timesteps: Sequence[int]) -> None:
         bad = [t for t in timesteps if not 0 <= int(t) < target.num_train_timesteps]
         if bad:

@@ -47,8 +47,7 @@ class PIA(Attack):
 
     def check_target(self, target: Target) -> None:
         self._check_timesteps(target, [self.t])
-        if target.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise AttackSetupError(f"PIA needs an ε-, v- or x0-prediction model, got {target.prediction_type!r}")
+        self._check_prediction_type(target, "PIA")
 
     def evaluations_per_image(self) -> int:
         return 2

@@ -100,8 +100,7 @@ class SecMI(Attack):
             )
         # the round trip needs t_sec + interval to be a real timestep
         self._check_timesteps(target, [self.t_sec, self.t_sec + self.interval])
-        if target.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise AttackSetupError(f"SecMI needs an ε-, v- or x0-prediction model, got {target.prediction_type!r}")
+        self._check_prediction_type(target, "SecMI")
 
     def evaluations_per_image(self) -> int:
         return self.t_sec // self.interval + 2

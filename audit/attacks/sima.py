@@ -41,8 +41,7 @@ class SimA(Attack):
 
     def check_target(self, target: Target) -> None:
         self._check_timesteps(target, [self.t])
-        if target.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise AttackSetupError(f"SimA needs an ε-, v- or x0-prediction model, got {target.prediction_type!r}")
+        self._check_prediction_type(target, "SimA")
         if self.p <= 0:
             raise AttackSetupError(f"sima: p must be positive, got {self.p}")
 
