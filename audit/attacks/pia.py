@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from audit.attacks.base import Attack, AttackSetupError, Batch
+from audit.attacks.base import Attack, Batch
 from audit.targets.base import Target
 
 
