@@ -11,7 +11,13 @@ A results folder holds:
     config.yaml      the fully resolved config
     analysis.json    the statistical analysis (written by the analysis step)
     report.html, report.pdf   the report
-Everything after scoring reads only these files, so reports can be regenerated without the model.
+    reconstruction/  reconstruction figures and seeds (when reconstruction tests ran)
+    checksums.json   SHA-256 of every file above (and row digests of the tables), written after them
+    COMPLETE         completion marker (the SHA-256 of checksums.json), written last of all
+    regenerated.json what a later scripts/report.py run changed, when the report was regenerated in place
+Everything after scoring reads only these files, so reports can be regenerated without the model. Readers
+take plain values from them and never instantiate anything named in them (a results folder may come from an
+opposing party): see :func:`plan_from_values` and :mod:`audit.verify`.
 """
 from __future__ import annotations
 
@@ -35,6 +41,9 @@ CONFIG = "config.yaml"
 ANALYSIS = "analysis.json"
 FEATURES = "features.parquet"
 PLAN = "plan.json"
+CHECKSUMS = "checksums.json"
+COMPLETE = "COMPLETE"
+REGENERATED = "regenerated.json"
 
 
 @dataclass
@@ -60,6 +69,8 @@ def package_versions() -> dict[str, str]:
 
 
 def write_run(out_dir: str | Path, run: RunData) -> Path:
+    """Write the data of a run (scores, images, features, rejections, metadata, config). Done once, right
+    after scoring; nothing rewrites these files afterwards (regeneration writes analysis and report only)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run.scores.df.to_parquet(out / SCORES, index=False)
@@ -109,3 +120,71 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "to_dict"):
         return o.to_dict()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Rebuilding the analysis plan from plain values (never from code named in a folder)
+# --------------------------------------------------------------------------------------------------
+
+def plan_from_values(values: Any, where: str = "plan"):
+    """An :class:`~audit.stats.AnalysisPlan` from plain values (e.g. ``plan.json``'s ``plan``, or overrides).
+
+    Only the plan's own fields are accepted, each converted to its declared type; any other key (a Hydra
+    ``_target_``, ``_args_``, ``_partial_``, a typo) is refused with one line, and nothing is instantiated or
+    imported: a results folder may have been written by someone else.
+    """
+    import dataclasses
+    import typing
+
+    from audit.stats import AnalysisPlan
+
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping of analysis-plan values, got {type(values).__name__}")
+    names = {f.name: f for f in dataclasses.fields(AnalysisPlan)}
+    unknown = sorted(str(k) for k in values if k not in names)
+    if unknown:
+        raise ValueError(f"{where}: not analysis-plan fields (refused, nothing is instantiated from a results "
+                         f"folder): {unknown}; allowed: {sorted(names)}")
+    hints = typing.get_type_hints(AnalysisPlan)
+    kwargs = {k: _plain(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        return AnalysisPlan(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _plain(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the plain type ``hint`` declares (int, float, str, bool, tuple of those, Literal, Optional)."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _plain(value, inner[0], where)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        return tuple(_plain(v, args[0], where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ValueError(f"{where}: unsupported value {value!r}")

@@ -6,6 +6,8 @@ point (:mod:`audit.cli`) is a thin shim around it, and tests call it directly.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shlex
 import sys
 import time
@@ -17,8 +19,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from audit import io
+from audit import io, verify
 from audit.attacks import Attack, score_evidence
+from audit.store import ScoreStore, score_with_store
 from audit.types import EvidenceSet
 
 log = logging.getLogger(__name__)
@@ -31,30 +34,83 @@ def build_attacks(cfg: DictConfig) -> dict[str, Attack]:
     return attacks
 
 
-def load_evidence_from_config(data_cfg: DictConfig, resolution: int, progress: bool) -> EvidenceSet:
-    from audit.data import load_evidence, read_manifest, scan_folder
+def read_entries_from_config(data_cfg: DictConfig) -> list[dict[str, Any]]:
+    """The manifest's entries (roles and columns validated), before any model is loaded."""
+    from audit.data import read_manifest, scan_folder
 
     if data_cfg.get("manifest"):
-        entries = read_manifest(data_cfg.manifest)
-    elif data_cfg.get("folder"):
-        entries = scan_folder(data_cfg.folder)
-    else:
-        raise ValueError("data: set data.manifest (CSV/JSONL) or data.folder (role sub-folders)")
+        return read_manifest(data_cfg.manifest)
+    if data_cfg.get("folder"):
+        return scan_folder(data_cfg.folder)
+    raise ValueError("data: set data.manifest (CSV/JSONL) or data.folder (role sub-folders)")
+
+
+def check_entries(entries: list[dict[str, Any]]) -> None:
+    """Refuse, before the model loads, a manifest none of whose files exists (a wrong folder, a moved
+    manifest). Single missing files are not errors: they are rejected with a reason and reported."""
+    present = [e for e in entries if os.path.exists(str(e["path"]))]
+    if not present:
+        first = entries[0]["path"] if entries else "(none)"
+        raise ValueError(f"none of the {len(entries)} files listed in the manifest exists (first: {first}); "
+                         "relative paths are read from the manifest's folder")
+    if len(present) < len(entries):
+        log.warning("%d of %d manifest files do not exist; they will be rejected and reported",
+                    len(entries) - len(present), len(entries))
+
+
+def load_evidence_from_config(data_cfg: DictConfig, resolution: int, progress: bool,
+                              entries: list[dict[str, Any]] | None = None) -> EvidenceSet:
+    from audit.data import load_evidence
+
+    if entries is None:
+        entries = read_entries_from_config(data_cfg)
     return load_evidence(entries, resolution, max_pixels=int(data_cfg.get("max_pixels", 100_000_000)),
                          progress=progress)
 
 
+_DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the plain values of a run's config before anything is built or loaded (one-line ValueErrors)."""
+    rt = cfg.runtime
+    bs = rt.get("batch_size")
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise ValueError(f"runtime.batch_size must be a positive integer, got {bs!r}")
+    dtype = str(rt.get("dtype", "float32"))
+    if dtype not in _DTYPES:
+        raise ValueError(f"runtime.dtype must be one of float32, float16, bfloat16, got {dtype!r}")
+    device = str(rt.get("device", "cpu"))
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ValueError(f"runtime.device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"runtime.device={device} but CUDA is not available on this machine")
+    threads = rt.get("num_threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"runtime.num_threads must be null or a positive integer, got {threads!r}")
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     """Run the audit described by ``cfg`` and write every artefact to ``out_dir``. Returns the report path
-    (or the results folder when the report is disabled)."""
+    (or the results folder when the report is disabled).
+
+    Order (each step's files are on disk before the next starts): config and manifest validated → plan
+    declared (``plan.json``) → model loaded → scores persisted batch by batch in the score store → scores,
+    images, features, metadata written → analysis → report → SHA-256 manifest and completion marker last.
+    """
     t_start = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    validate_config(cfg)  # plain values first: nothing is built on a bad batch size, dtype or seed
     rt = cfg.runtime
     if rt.get("num_threads"):
         torch.set_num_threads(int(rt.num_threads))
     progress = bool(rt.get("progress", True))
     timings: dict[str, float] = {}
+    plan = instantiate(cfg.stats, _convert_="all")  # alpha, test, gates... checked before anything heavy
 
     scenario_record = None
     if cfg.get("scenario"):
@@ -65,14 +121,16 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         scenario_record = scenario.prepare(progress=progress)
         timings["scenario_s"] = time.time() - t0
 
+    entries = read_entries_from_config(cfg.data)  # columns and roles, before the model loads
+    check_entries(entries)
     attacks = build_attacks(cfg)  # fail on a bad attack config before loading anything heavy
-    plan_record = declare_plan(cfg.stats, out)  # the analysis plan, fixed (and hashed) before any score exists
+    plan_record = declare_plan(plan, out)  # the analysis plan, fixed (and hashed) before any score exists
     t0 = time.time()
     target = instantiate(cfg.target, _convert_="all")
     timings["load_target_s"] = time.time() - t0
 
     t0 = time.time()
-    evidence = load_evidence_from_config(cfg.data, target.info.resolution, progress)
+    evidence = load_evidence_from_config(cfg.data, target.info.resolution, progress, entries=entries)
     timings["load_evidence_s"] = time.time() - t0
     for rej in evidence.rejected:
         log.warning("rejected %s (%s): %s", rej.path, rej.role, rej.reason)
@@ -85,8 +143,13 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     timings["blind_features_s"] = time.time() - t0
 
     t0 = time.time()
-    scores = score_evidence(target, evidence, attacks, batch_size=int(rt.batch_size), seed=int(cfg.seed),
-                            progress=progress)
+    store_root = cfg.get("score_store")
+    store = None
+    if store_root:
+        store = ScoreStore(Path(str(store_root)), target.fingerprint, int(cfg.seed),
+                           str(target.dtype).replace("torch.", ""), torch.device(target.device).type)
+    scores, store_stats = score_with_store(target, evidence, attacks, store, batch_size=int(rt.batch_size),
+                                           seed=int(cfg.seed), progress=progress)
     timings["scoring_s"] = time.time() - t0
 
     described = {name: a.describe() for name, a in attacks.items()}
@@ -106,6 +169,8 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         "reference_unet_evaluations": sum(reference_evals.values()),
         # what the attacks would cost run one by one; the difference is saved by sharing within batches
         "unet_evaluations_unshared": len(evidence) * sum(a.evaluations_per_image() for a in attacks.values()),
+        # scores taken from the score store (a resumed or extended run) were not recomputed
+        "score_store": {"folder": str(store.folder) if store else None, **store_stats.to_dict()},
         "n_images": len(evidence),
         "n_rejected": len(evidence.rejected),
         "scenario": scenario_record,
@@ -122,6 +187,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         scores = ScoreTable.concat([scores, recon.scores])
         metadata["reconstruction"] = recon.metadata()
         timings["reconstruction_s"] = time.time() - t0
+    metadata["timings"] = dict(timings)
     run = io.RunData(
         scores=scores,
         images=evidence.image_table(),
@@ -130,12 +196,16 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         features=features,
     )
-    report = analyze_and_report(run, cfg.stats, cfg.report, out, timings=timings, t_start=t_start)
+    # The data are on disk before the analysis runs: whatever the analysis does, the scores are kept.
+    io.write_run(out, run)
+    report = analyze_and_report(run, plan, cfg.report, out, timings=timings, t_start=t_start)
+    verify.seal(out)  # the SHA-256 manifest and the completion marker, written last
     return report
 
 
 def declare_plan(stats_cfg: Any, out: Path) -> dict[str, Any]:
-    """Instantiate the analysis plan and write it with its SHA-256 to ``plan.json`` (before scoring)."""
+    """Write the analysis plan with its SHA-256 to ``plan.json`` (before scoring). ``stats_cfg``: an
+    :class:`~audit.stats.AnalysisPlan`, or the run's own ``stats`` config (never one read from a results folder)."""
     plan = instantiate(stats_cfg, _convert_="all") if isinstance(stats_cfg, DictConfig) else stats_cfg
     record = {"sha256": plan.sha256(), "declared_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "plan": plan.to_dict()}
@@ -143,16 +213,21 @@ def declare_plan(stats_cfg: Any, out: Path) -> dict[str, Any]:
     return record
 
 
-def analyze_and_report(run: io.RunData, stats_cfg: Any, report_cfg: Any, out: Path,
+def analyze_and_report(run: io.RunData, plan: Any, report_cfg: Any, out: Path,
                        timings: dict[str, float] | None = None, t_start: float | None = None,
                        source: Path | None = None) -> Path:
     """Analyse a ScoreTable and write analysis.json + the report (HTML, and PDF when configured).
+
+    ``plan``: an :class:`~audit.stats.AnalysisPlan` (a run's own config is instantiated by the caller; a
+    results folder's plan is rebuilt from plain values by :func:`audit.io.plan_from_values`). Writes only
+    analysis.json, run.json's timings and the report: the score, image and feature files are never rewritten.
     Used by runs and by scripts/report.py (``source``: the results folder read, when writing elsewhere).
     Returns the HTML report's path (the folder without a report)."""
     from audit.report import write_reports
-    from audit.stats import analyze
+    from audit.stats import AnalysisPlan, analyze
 
-    plan = instantiate(stats_cfg, _convert_="all") if isinstance(stats_cfg, DictConfig) else stats_cfg
+    if not isinstance(plan, AnalysisPlan):
+        raise TypeError(f"analyze_and_report needs an AnalysisPlan, got {type(plan).__name__}")
     t0 = time.time()
     recorded = (run.metadata.get("analysis_plan") or {}).get("sha256")
     result = analyze(run.scores, run.images, plan, features=run.features, recorded_plan_sha256=recorded)
@@ -161,7 +236,8 @@ def analyze_and_report(run: io.RunData, stats_cfg: Any, report_cfg: Any, out: Pa
     if t_start is not None:
         timings["total_s"] = time.time() - t_start
     run.metadata = {**run.metadata, "timings": {**run.metadata.get("timings", {}), **timings}}
-    io.write_run(out, run)
+    if source is None:  # a run: its metadata gains the timings (regeneration records itself elsewhere)
+        io.write_json(out / io.RUN, run.metadata)
     io.write_json(out / io.ANALYSIS, result.to_dict())
     print(f"verdict: {result.verdict.sentence}")
     if report_cfg is None or not report_cfg.get("enabled", True):

@@ -2,52 +2,150 @@
 
     python scripts/report.py results/runs/<date>/<time>_demo [stats.alpha=0.01 ...] [--out DIR] [--formats html,pdf]
 
-Reads scores.parquet, images.parquet, features.parquet (model-free features, if present), rejected.json,
-run.json and config.yaml; writes analysis.json, report.html and report.pdf. Overrides change the
-analysis plan (config group `stats`); the plan's hash then differs from the one recorded before scoring
-and the report labels its verdict exploratory.
+A results folder may come from someone else, so it is read as data, never as code: the analysis plan is
+rebuilt from the plain values in plan.json (the plan declared before scoring) plus ``stats.<field>=<value>``
+overrides, and nothing named in the folder (config.yaml's ``_target_`` entries included) is instantiated.
+
+The folder is verified first (audit.verify: completion marker, every SHA-256, every table row). A folder that
+fails is refused; ``--allow-altered`` goes on anyway and labels the report as made from data that failed
+verification, saying what failed, and the new seal keeps that record. The score, image and feature files
+are never rewritten: in place, only analysis.json, the report, regenerated.json and the seal are written;
+with ``--out`` the data files are copied byte for byte. Overrides change the analysis plan; its hash then
+differs from the one recorded before scoring and the report labels its verdict exploratory.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/report.py` from a checkout
 
-from audit import io  # noqa: E402
+from audit import io, verify  # noqa: E402
 from audit.pipeline import analyze_and_report  # noqa: E402
+
+#: Written by the analysis / report step; everything else in a folder is data and is never rewritten.
+_OUTPUTS = {io.ANALYSIS, io.CHECKSUMS, io.COMPLETE, io.REGENERATED}
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class RegenerationRefused(ValueError):
+    """A user-facing refusal (one line)."""
+
+
+def _overrides(items: list[str]) -> tuple[dict, list[str] | None]:
+    """``stats.<field>=<value>`` → plan values; ``report.formats=[...]`` → formats. Values are parsed as YAML
+    scalars / lists (safe loader); anything else is refused."""
+    plan, formats = {}, None
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise RegenerationRefused(f"override {item!r} is not key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise RegenerationRefused(f"override {item!r}: cannot parse the value ({e.problem})") from None
+        if key.startswith("stats.") and key.count(".") == 1:
+            plan[key.split(".", 1)[1]] = value
+        elif key == "report.formats":
+            formats = [str(f) for f in (value if isinstance(value, list) else [value])]
+        else:
+            raise RegenerationRefused(f"override {key!r}: only stats.<field>=... and report.formats=[...] can be "
+                                      "changed when regenerating a report")
+    return plan, formats
+
+
+def _report_settings(config_yaml: str) -> dict:
+    """The run's report settings as plain, checked values (formats and file names, nothing else)."""
+    try:
+        cfg = yaml.safe_load(config_yaml) if config_yaml else {}
+    except yaml.YAMLError:
+        cfg = {}
+    rep = cfg.get("report") if isinstance(cfg, dict) else None
+    rep = rep if isinstance(rep, dict) else {}
+    out = {"formats": ["html", "pdf"], "filename": "report.html", "pdf_filename": "report.pdf"}
+    if isinstance(rep.get("formats"), list) and all(f in ("html", "pdf") for f in rep["formats"]):
+        out["formats"] = list(rep["formats"])
+    for key, suffix in (("filename", ".html"), ("pdf_filename", ".pdf")):
+        name = rep.get(key)
+        # a plain file name in the output folder: never a path (a crafted folder could aim elsewhere)
+        if isinstance(name, str) and _NAME.fullmatch(name) and name.endswith(suffix) and name not in _OUTPUTS:
+            out[key] = name
+    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", type=Path, help="a results folder written by audit-run")
-    ap.add_argument("overrides", nargs="*", help="dotlist overrides of the run's config, e.g. stats.alpha=0.01")
+    ap.add_argument("overrides", nargs="*", help="analysis-plan overrides, e.g. stats.alpha=0.01")
     ap.add_argument("--out", type=Path, default=None, help="write here instead of into the results folder")
     ap.add_argument("--formats", default=None, help="comma-separated report formats (default: the run's, else html,pdf)")
+    ap.add_argument("--allow-altered", action="store_true",
+                    help="regenerate even if the folder fails verification; the report then says so")
     args = ap.parse_args(argv)
     t0 = time.time()
-    run = io.read_run(args.results)
-    cfg = OmegaConf.create(run.config_yaml or "{}")
-    if args.overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
-    if "stats" not in cfg:
-        cfg.stats = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs/stats/default.yaml")
-        cfg.stats.seed = int(run.metadata.get("seed", 0))
-    run.metadata = {**run.metadata, "regenerated_with": " ".join(["scripts/report.py", str(args.results), *args.overrides])}
-    report_cfg = cfg.get("report") or OmegaConf.create({"enabled": True, "filename": "report.html"})
-    report_cfg = OmegaConf.merge(report_cfg, {"enabled": True})
+    src: Path = args.results
+    if not (src / io.SCORES).is_file():
+        raise RegenerationRefused(f"{src} is not an audit results folder (no {io.SCORES})")
+    check = verify.verify(src, recompute=False)  # the analysis is recomputed below anyway
+    problems = list(check.problems)
+    if problems and not args.allow_altered:
+        raise RegenerationRefused(f"{src} failed verification, report not regenerated (--allow-altered to go on "
+                                  f"and label the report): " + "; ".join(problems))
+    plan_values, formats = _overrides(args.overrides)
+    declared = io.read_json(src / io.PLAN, {})
+    run = io.read_run(src)
+    base = declared.get("plan")
+    if not isinstance(base, dict):  # older folders: the plan used by their analysis, else the defaults
+        base = (io.read_json(src / io.ANALYSIS, {}) or {}).get("plan") or {"seed": int(run.metadata.get("seed", 0))}
+    plan = io.plan_from_values({**base, **plan_values}, where="analysis plan")
+
+    settings = _report_settings(run.config_yaml)
     if args.formats:
-        report_cfg.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    elif "formats" not in report_cfg:
-        report_cfg.formats = ["html", "pdf"]
-    out = analyze_and_report(run, cfg.stats, report_cfg, args.out or args.results, source=args.results)
+        formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    settings["formats"] = formats or settings["formats"]
+    settings["enabled"] = True
+
+    out: Path = args.out or src
+    in_place = out.resolve() == src.resolve()
+    if not in_place:
+        out.mkdir(parents=True, exist_ok=True)
+        for rel in verify._sealable(src):  # the data, byte for byte (never re-serialised)
+            if rel in _OUTPUTS or rel in (settings["filename"], settings["pdf_filename"]):
+                continue
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / rel, out / rel)
+        for stale in (io.COMPLETE, io.CHECKSUMS):
+            (out / stale).unlink(missing_ok=True)
+    else:
+        (src / io.COMPLETE).unlink(missing_ok=True)  # unfinished until the new seal is written
+    command = " ".join(["scripts/report.py", str(src), *args.overrides])
+    run.metadata = {**run.metadata, "regenerated_with": command}
+    if problems:
+        run.metadata["altered_data"] = problems
+        print("WARNING: regenerating from a folder that failed verification: " + "; ".join(problems))
+    result = analyze_and_report(run, plan, settings, out, source=src)
+    io.write_json(out / io.REGENERATED, {
+        "command": command, "regenerated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": os.fspath(src), "source_checksums_sha256": check.checksums_sha256,
+        "verification_problems": problems, "plan": plan.to_dict(), "plan_sha256": plan.sha256()})
+    verify.seal(out, altered=problems, note=f"regenerated by {command}")
     print(f"regenerated in {time.time() - t0:.1f} s")
-    return out
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RegenerationRefused as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"report.py: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -130,6 +130,7 @@ def audit_run(memorized_ddpm, tmp_path_factory):
         "stats.n_permutations=2000",
         "stats.n_bootstrap=300",
         "stats.crossfit_permutations=199",
+        f"score_store={root / 'score_store'}",
     ])
     out = root / "results"
     report = run_audit(cfg, out)

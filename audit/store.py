@@ -1,0 +1,160 @@
+"""A content-keyed score store: scores persisted batch by batch, so a killed run resumes without recomputing.
+
+Every score is keyed by what it depends on: the image's SHA-256, the attack's name and parameter hash, the
+target fingerprint (weights + config), the seed, the weights' dtype, the device type and the package
+version. Scores of one *context* (fingerprint, seed, dtype, device, version) live in one folder::
+
+    <store root>/<context hash>/context.json            what the context is (for people)
+    <store root>/<context hash>/batch-<hash>.parquet    one file per finished batch
+
+A batch file is written to a temporary name and renamed, so it is either complete or absent (a ``kill -9``
+mid-write leaves only a ``.tmp`` file, which is ignored). Another model, dtype, seed or parameter set has
+another key and never reuses these scores. The store holds only data (parquet); nothing in it is executed.
+
+:func:`score_with_store` keeps the batch boundaries of an uninterrupted run (``range(0, n, batch_size)``
+over the evidence order), so a resumed run computes every remaining batch exactly as the uninterrupted run
+would have, and its scores are identical.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from audit.types import SCORE_COLUMNS, EvidenceSet, ScoreTable, params_hash
+
+log = logging.getLogger(__name__)
+
+_KEY = ["image_id", "attack", "attack_params_hash"]
+
+
+def _package_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("diffusion-membership-audit")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+@dataclass
+class ScoreStore:
+    """Persisted scores for one (target fingerprint, seed, dtype, device type, package version) context."""
+
+    root: Path
+    fingerprint: str
+    seed: int
+    dtype: str
+    device_type: str
+    version: str = field(default_factory=_package_version)
+
+    @property
+    def context(self) -> dict[str, Any]:
+        return {"target_fingerprint": self.fingerprint, "seed": int(self.seed), "dtype": self.dtype,
+                "device_type": self.device_type, "package_version": self.version}
+
+    @property
+    def folder(self) -> Path:
+        digest = hashlib.sha256(json.dumps(self.context, sort_keys=True).encode()).hexdigest()[:32]
+        return Path(self.root) / digest
+
+    def load(self) -> pd.DataFrame:
+        """Every finished score of this context: columns image_id, attack, attack_params_hash, score."""
+        files = sorted(self.folder.glob("batch-*.parquet")) if self.folder.is_dir() else []
+        if not files:
+            return pd.DataFrame({c: pd.Series(dtype="float64" if c == "score" else "object") for c in _KEY + ["score"]})
+        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        return df.drop_duplicates(subset=_KEY, keep="first")[_KEY + ["score"]]
+
+    def save(self, df: pd.DataFrame) -> Path:
+        """Persist one finished batch atomically (temporary file + rename)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ctx = self.folder / "context.json"
+        if not ctx.is_file():
+            ctx.write_text(json.dumps(self.context, indent=2))
+        part = df[_KEY + ["score"]].reset_index(drop=True)
+        digest = hashlib.sha256(pd.util.hash_pandas_object(part[_KEY], index=False).values.tobytes()).hexdigest()[:24]
+        path = self.folder / f"batch-{digest}.parquet"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        part.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+
+@dataclass
+class StoreStats:
+    reused: int = 0  # (image, attack) scores taken from the store
+    computed: int = 0  # (image, attack) scores computed now
+    batches_reused: int = 0
+    batches_computed: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def score_with_store(target: Any, evidence: EvidenceSet, attacks: Mapping[str, Any], store: ScoreStore | None, *,
+                     batch_size: int, seed: int, progress: bool = True) -> tuple[ScoreTable, StoreStats]:
+    """Score ``evidence`` with ``attacks`` batch by batch, reusing and persisting scores in ``store``.
+
+    A batch whose (image, attack) scores are all stored is skipped; otherwise only the missing attacks of
+    the batch's missing images are computed (one :func:`~audit.attacks.score_evidence` call) and persisted
+    before the next batch starts. Without a store this is one plain scoring pass.
+    """
+    from audit.attacks import score_evidence
+
+    if batch_size < 1:
+        raise ValueError(f"runtime.batch_size must be a positive integer, got {batch_size}")
+    stats = StoreStats()
+    if store is None:
+        table = score_evidence(target, evidence, attacks, batch_size=batch_size, seed=seed, progress=progress)
+        stats.computed = len(table.df)
+        return table, stats
+    for attack in attacks.values():  # fail at once on a misconfigured attack, before any batch
+        attack.check_target(target)
+    hashes = {name: params_hash(a.params()) for name, a in attacks.items()}
+    have = store.load()
+    done = {(r.image_id, r.attack, r.attack_params_hash): float(r.score) for r in have.itertuples(index=False)}
+    n = len(evidence)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        recs = evidence.records[start:stop]
+        missing = {name for name in attacks for r in recs if (r.image_id, name, hashes[name]) not in done}
+        if not missing:
+            stats.batches_reused += 1
+            continue
+        todo = [i for i, r in enumerate(recs, start) if any((r.image_id, m, hashes[m]) not in done for m in missing)]
+        sub = EvidenceSet([evidence.records[i] for i in todo], evidence.pixels[todo])
+        part = score_evidence(target, sub, {m: attacks[m] for m in attacks if m in missing},
+                              batch_size=len(todo), seed=seed, progress=False).df
+        part = part[[(i, a, h) not in done for i, a, h in zip(part["image_id"], part["attack"],
+                                                                part["attack_params_hash"])]]
+        store.save(part)
+        stats.batches_computed += 1
+        for r in part.itertuples(index=False):
+            done[(r.image_id, r.attack, r.attack_params_hash)] = float(r.score)
+        if progress:
+            log.info("scored batch %d-%d of %d (persisted)", start, stop, n)
+    # rows in the order of a plain scoring pass: batch by batch, attack by attack within a batch
+    rows = []
+    for start in range(0, n, batch_size):
+        recs = evidence.records[start:start + batch_size]
+        for name in attacks:
+            rows += [(r.image_id, r.role, name, hashes[name], done[(r.image_id, name, hashes[name])]) for r in recs]
+    df = pd.DataFrame(rows, columns=["image_id", "role", "attack", "attack_params_hash", "score"])
+    df["target_fingerprint"] = target.fingerprint
+    df["seed"] = int(seed)
+    stats.computed = stats_computed(have, df)
+    stats.reused = len(df) - stats.computed
+    return ScoreTable(df[list(SCORE_COLUMNS)]), stats
+
+
+def stats_computed(before: pd.DataFrame, table: pd.DataFrame) -> int:
+    """Rows of ``table`` that were not in the store before this run."""
+    old = set(zip(before["image_id"], before["attack"], before["attack_params_hash"]))
+    return sum((k not in old) for k in zip(table["image_id"], table["attack"], table["attack_params_hash"]))

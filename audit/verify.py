@@ -1,0 +1,301 @@
+"""Tamper-evident results folders: a SHA-256 manifest written last, a completion marker, and ``audit-verify``.
+
+:func:`seal` lists every file of a results folder with its SHA-256 and size in ``checksums.json``, plus a
+digest of every row of the tables (scores, images, features) keyed by what the row is about, so a later
+check can say *which* rows were edited, deleted or added, not only that a file changed. The completion
+marker ``COMPLETE`` (holding the SHA-256 of ``checksums.json``) is written after it, last of all: a folder
+without it is an unfinished run, and every reader says so.
+
+:func:`verify` checks the marker, every hash and every row, and recomputes the analysis from the scores with
+the recorded plan (rebuilt from plain values, nothing instantiated) to compare it with ``analysis.json``::
+
+    audit-verify results/demo            # prints "verified: ..." (exit 0) or what differs (exit 1)
+
+What this does and does not protect: anyone who edits a sealed file without resealing is caught, and an
+analysis that does not follow from the stored scores is caught. Someone who edits the scores *and* rewrites
+``checksums.json`` and ``COMPLETE`` produces a folder that verifies; against that, keep the SHA-256 of
+``checksums.json`` (printed by ``audit-verify``) somewhere the other party cannot change, e.g. in the report
+filed with the court.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from audit import io
+
+FORMAT = "audit-checksums/1"
+
+#: Row keys of the tables whose rows are digested one by one (a missing column is left out of the key).
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    io.SCORES: ("image_id", "attack", "attack_params_hash", "target_fingerprint", "seed"),
+    io.IMAGES: ("image_id",),
+    io.FEATURES: ("image_id",),
+}
+
+#: Files a seal does not cover: the seal itself and logs that are still appended to when a run exits.
+_UNSEALED_SUFFIXES = (".log",)
+
+_MAX_LISTED = 8  # rows / values listed per kind of difference; the rest are counted
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sealable(folder: Path) -> list[str]:
+    """Relative paths (posix) of every regular file under ``folder`` that a seal covers, sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # does not follow symlinked folders
+        dirnames.sort()
+        for name in filenames:
+            rel = (Path(dirpath) / name).relative_to(folder).as_posix()
+            if rel in (io.CHECKSUMS, io.COMPLETE) or name.endswith(_UNSEALED_SUFFIXES) or name.endswith(".tmp"):
+                continue
+            out.append(rel)
+    return sorted(out)
+
+
+def row_digests(df: pd.DataFrame, key: tuple[str, ...]) -> dict[str, str]:
+    """``{row key: SHA-256 (16 hex) of the row's values}``; the key joins ``key``'s columns with ``|``."""
+    cols = [c for c in key if c in df.columns]
+    out: dict[str, str] = {}
+    records = df.to_dict(orient="records")
+    for rec in records:
+        k = "|".join(str(rec[c]) for c in cols) if cols else str(len(out))
+        blob = json.dumps({c: _canon(v) for c, v in sorted(rec.items())}, sort_keys=True)
+        d = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        base, n = k, 1
+        while k in out:  # a repeated key (should not happen) still gets its own entry
+            n += 1
+            k = f"{base}#{n}"
+        out[k] = d
+    return out
+
+
+def _canon(v: Any) -> Any:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    if hasattr(v, "item"):  # numpy scalars
+        return _canon(v.item())
+    if isinstance(v, (list, tuple)) or hasattr(v, "tolist"):
+        return [_canon(x) for x in (v.tolist() if hasattr(v, "tolist") else v)]
+    return v
+
+
+def seal(folder: str | Path, altered: list[str] | None = None, note: str | None = None) -> str:
+    """Write ``checksums.json`` over every file of ``folder``, then the ``COMPLETE`` marker (last).
+
+    ``altered``: problems a verification found before a regeneration that was told to go on anyway; they
+    are kept in the seal, so the folder never verifies as unaltered afterwards. Returns the SHA-256 of
+    ``checksums.json``.
+    """
+    d = Path(folder)
+    (d / io.COMPLETE).unlink(missing_ok=True)  # while the seal is rewritten the folder is unfinished
+    files, tables = {}, {}
+    for rel in _sealable(d):
+        p = d / rel
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        if rel in TABLE_KEYS:
+            tables[rel] = {"key": [c for c in TABLE_KEYS[rel]],
+                           "rows": row_digests(pd.read_parquet(p), TABLE_KEYS[rel])}
+    record = {
+        "format": FORMAT,
+        "sealed_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "package_version": io.package_versions().get("diffusion-membership-audit", "unknown"),
+        "altered": list(altered or []),
+        "note": note,
+        "files": files,
+        "tables": tables,
+    }
+    blob = json.dumps(record, indent=1, sort_keys=True).encode()
+    tmp = d / (io.CHECKSUMS + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, d / io.CHECKSUMS)
+    digest = hashlib.sha256(blob).hexdigest()
+    (d / io.COMPLETE).write_text(digest + "\n")
+    return digest
+
+
+@dataclass
+class Verification:
+    folder: Path
+    problems: list[str] = field(default_factory=list)  # every difference found (empty = verified)
+    notes: list[str] = field(default_factory=list)  # what was checked
+    checksums_sha256: str | None = None
+    complete: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"verified: {self.folder} ({'; '.join(self.notes)})"
+        return f"NOT verified: {self.folder}: " + "; ".join(self.problems)
+
+
+def verify(folder: str | Path, recompute: bool = True) -> Verification:
+    """Check a results folder against its seal and (``recompute``) its analysis against its scores."""
+    d = Path(folder)
+    v = Verification(d)
+    if not d.is_dir():
+        v.problems.append("not a folder")
+        return v
+    manifest_path, marker = d / io.CHECKSUMS, d / io.COMPLETE
+    if not marker.is_file():
+        v.problems.append("unfinished: no completion marker (the run was interrupted or failed before it ended)")
+    if not manifest_path.is_file():
+        v.problems.append(f"no {io.CHECKSUMS}: nothing to verify the files against")
+        return v
+    blob = manifest_path.read_bytes()
+    v.checksums_sha256 = hashlib.sha256(blob).hexdigest()
+    if marker.is_file():
+        v.complete = True
+        if marker.read_text().strip() != v.checksums_sha256:
+            v.problems.append(f"{io.CHECKSUMS} was changed after the folder was sealed (it does not match {io.COMPLETE})")
+    try:
+        sealed = json.loads(blob)
+        files, tables = dict(sealed["files"]), dict(sealed.get("tables", {}))
+    except (ValueError, KeyError, TypeError) as e:
+        v.problems.append(f"{io.CHECKSUMS} is not a valid seal: {e}")
+        return v
+    if sealed.get("altered"):
+        v.problems.append("sealed as made from altered data: " + "; ".join(map(str, sealed["altered"])))
+
+    present = set(_sealable(d))
+    for rel, entry in sorted(files.items()):
+        p = d / rel
+        if rel not in present:
+            v.problems.append(f"missing file: {rel}")
+            continue
+        got = sha256_file(p)
+        if got != entry.get("sha256"):
+            detail = ""
+            if rel in tables:
+                detail = _table_diff(p, tables[rel])
+            v.problems.append(f"changed file: {rel} (SHA-256 {str(entry.get('sha256'))[:12]}… sealed, {got[:12]}… now)"
+                              + (f": {detail}" if detail else ""))
+    for rel in sorted(present - set(files)):
+        v.problems.append(f"added file (not in the seal): {rel}")
+    v.notes.append(f"{len(files)} files match their SHA-256")
+
+    if recompute and (d / io.SCORES).is_file() and (d / io.ANALYSIS).is_file():
+        v.problems.extend(_recompute(d, v.notes))
+    return v
+
+
+def _table_diff(path: Path, sealed: dict[str, Any]) -> str:
+    """Which rows of a table were changed, deleted or added, by their key."""
+    try:
+        now = row_digests(pd.read_parquet(path), tuple(sealed.get("key", ())))
+    except Exception as e:  # not even a parquet file any more
+        return f"unreadable as a table ({type(e).__name__})"
+    before = dict(sealed.get("rows", {}))
+    changed = [k for k in before if k in now and now[k] != before[k]]
+    deleted = [k for k in before if k not in now]
+    added = [k for k in now if k not in before]
+    key = "|".join(sealed.get("key", ()))
+    parts = []
+    for label, keys in (("changed", changed), ("deleted", deleted), ("added", added)):
+        if keys:
+            shown = ", ".join(_short_key(k) for k in keys[:_MAX_LISTED])
+            more = f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+            parts.append(f"{len(keys)} row(s) {label} [{shown}{more}]")
+    if not parts:
+        return "the same rows and values, different bytes"
+    return f"rows keyed by ({key}): " + "; ".join(parts)
+
+
+def _short_key(k: str) -> str:
+    return "|".join(p[:12] + "…" if len(p) > 16 else p for p in k.split("|"))
+
+
+def _recompute(d: Path, notes: list[str]) -> list[str]:
+    """Recompute the analysis from the stored scores with the recorded plan; differences as problems."""
+    from audit.stats import analyze
+
+    try:
+        run = io.read_run(d)
+        recorded = json.loads((d / io.ANALYSIS).read_text())
+        plan = io.plan_from_values(recorded.get("plan"), where=f"{io.ANALYSIS} plan")
+        plan_json = io.read_json(d / io.PLAN, {})
+        declared = plan_json.get("sha256") or (run.metadata.get("analysis_plan") or {}).get("sha256")
+        result = analyze(run.scores, run.images, plan, features=run.features, recorded_plan_sha256=declared)
+    except Exception as e:
+        return [f"the analysis could not be recomputed from the stored files: {type(e).__name__}: {e}"]
+    fresh = json.loads(json.dumps(result.to_dict(), default=io._json_default))
+    diffs = _json_diff(recorded, fresh, "")
+    if not diffs:
+        notes.append("the analysis recomputed from the scores equals analysis.json")
+        return []
+    shown = "; ".join(diffs[:_MAX_LISTED]) + (f"; and {len(diffs) - _MAX_LISTED} more" if len(diffs) > _MAX_LISTED else "")
+    return [f"{io.ANALYSIS} differs from the analysis recomputed from the stored scores ({len(diffs)} value(s)): "
+            + shown]
+
+
+def _json_diff(a: Any, b: Any, path: str) -> list[str]:
+    """Differences between two JSON values, as ``path: recorded → recomputed`` (floats to 1e-9 relative)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            p = f"{path}.{k}" if path else str(k)
+            if k not in b:
+                out.append(f"{p}: only in {io.ANALYSIS}")
+            elif k not in a:
+                out.append(f"{p}: missing from {io.ANALYSIS}")
+            else:
+                out.extend(_json_diff(a[k], b[k], p))
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} entries recorded, {len(b)} recomputed"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _json_diff(x, y, f"{path}[{i}]")]
+    if isinstance(a, bool) or isinstance(b, bool):
+        return [] if a == b else [f"{path}: {a!r} → {b!r}"]
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) else [f"{path}: {a!r} → {b!r}"]
+    return [] if a == b else [f"{path}: {_brief(a)} → {_brief(b)}"]
+
+
+def _brief(x: Any) -> str:
+    s = repr(x)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="audit-verify", description="Check a results folder: every SHA-256 of its "
+                                 "seal, every table row, and the analysis recomputed from its scores.")
+    ap.add_argument("folder", type=Path, help="a results folder written by audit-run (or scripts/report.py)")
+    ap.add_argument("--no-recompute", action="store_true", help="check the hashes only (skip the analysis)")
+    args = ap.parse_args(argv)
+    if not args.folder.is_dir():
+        print(f"audit-verify: {args.folder} is not a folder", file=sys.stderr)
+        return 2
+    v = verify(args.folder, recompute=not args.no_recompute)
+    if v.ok:
+        print(v.summary())
+        print(f"checksums.json SHA-256: {v.checksums_sha256}")
+        return 0
+    print(f"NOT verified: {args.folder}")
+    for p in v.problems:
+        print(f"  - {p}")
+    return 1
+
+
+def console() -> None:  # pragma: no cover - the console script
+    sys.exit(main())
