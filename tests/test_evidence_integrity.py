@@ -1,0 +1,201 @@
+"""Results are evidence: regeneration reads data never code, tampering is detected, scores survive failures,
+a killed run resumes without recomputing, small audits work (issue 11)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit import io, verify
+from audit.pipeline import analyze_and_report, declare_plan
+from audit.stats import AnalysisPlan
+from audit.types import ScoreTable
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_PLAN = dict(n_permutations=200, n_bootstrap=100, n_placebo=50, crossfit_permutations=49,
+                 n_power_resamples=50, gates=["placebo"], seed=3)
+
+
+def _scores(n_s: int, n_c: int, shift: float = 2.0, seed: int = 0) -> tuple[ScoreTable, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    rows, imgs = [], []
+    for role, n, mu in (("suspect", n_s, shift), ("control", n_c, 0.0)):
+        for i in range(n):
+            iid = f"{role[0]}{i:03d}".ljust(64, "0")
+            imgs.append({"image_id": iid, "path": f"/evidence/{role}_{i}.png", "role": role, "caption": "",
+                         "artist": "", "created": "", "width": 16, "height": 16, "format": "PNG"})
+            for attack in ("loss", "pia"):
+                rows.append({"image_id": iid, "role": role, "attack": attack, "attack_params_hash": "p" * 16,
+                             "target_fingerprint": "f" * 64, "seed": 0, "score": float(rng.normal(mu, 1.0))})
+    return ScoreTable(pd.DataFrame(rows)), pd.DataFrame(imgs)
+
+
+def make_folder(out: Path, n_s: int = 8, n_c: int = 30, config_yaml: str = "seed: 0\n", seal: bool = True) -> Path:
+    """A sealed results folder written by the same functions a run uses (no model needed)."""
+    scores, images = _scores(n_s, n_c)
+    plan = AnalysisPlan(**FAST_PLAN)
+    out.mkdir(parents=True, exist_ok=True)
+    record = declare_plan(plan, out)
+    run = io.RunData(scores=scores, images=images, metadata={"seed": 0, "analysis_plan": record},
+                     config_yaml=config_yaml)
+    io.write_run(out, run)
+    analyze_and_report(run, plan, {"enabled": True, "formats": ["html"]}, out)
+    if seal:
+        verify.seal(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sealed(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("sealed") / "run")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ------------------------------------------------------------------------ regeneration reads data, never code
+def test_crafted_config_writes_nothing_on_regeneration(tmp_path):
+    import scripts.report as report_script
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("attacker's bytes")
+    created = tmp_path / "created_by_folder.txt"
+    crafted = (f"stats:\n  _target_: shutil.copyfile\n  src: {secret}\n  dst: {victim}\n"
+               f"report:\n  _target_: builtins.open\n  file: {created}\n  mode: w\n"
+               f"  filename: ../../escaped.html\n  formats: [html]\n"
+               f"data:\n  _target_: os.system\n  command: touch {created}\n")
+    folder = make_folder(tmp_path / "run", config_yaml=crafted)
+    report_script.main([str(folder), "--formats", "html"])
+    assert victim.read_text() == "original"
+    assert not created.exists()
+    assert not (tmp_path / "escaped.html").exists() and (folder / "report.html").is_file()
+
+
+def test_crafted_plan_json_is_refused_in_one_line(tmp_path):
+    import scripts.report as report_script
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    folder = make_folder(tmp_path / "run", seal=False)
+    rec = json.loads((folder / io.PLAN).read_text())
+    rec["plan"] = {"_target_": "shutil.copyfile", "src": str(folder / io.PLAN), "dst": str(victim)}
+    (folder / io.PLAN).write_text(json.dumps(rec))
+    verify.seal(folder)  # sealed by whoever crafted it: the hashes match, the content is hostile
+    with pytest.raises(ValueError, match=r"not analysis-plan fields.*_target_"):
+        report_script.main([str(folder), "--formats", "html"])
+    assert victim.read_text() == "original"
+
+
+def test_overrides_are_plan_values_only(sealed, tmp_path):
+    import scripts.report as report_script
+
+    folder = _copy(sealed, tmp_path / "run")
+    with pytest.raises(ValueError, match="only stats"):
+        report_script.main([str(folder), "target._target_=os.system"])
+    with pytest.raises(ValueError, match="alpha"):
+        report_script.main([str(folder), "stats.alpha=high"])
+
+
+# ------------------------------------------------------------------------ tamper-evident results
+def test_untouched_folder_verifies_with_recomputed_analysis(sealed, capsys):
+    assert verify.main([str(sealed)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("verified:") and "recomputed" in out
+
+
+def _edit_score(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df.loc[(df["role"] == "control") & (df["attack"] == "loss"), "score"] += 10.0  # the issue's probe
+    return df
+
+
+def _delete_row(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(index=df.index[df["role"] == "suspect"][0]).reset_index(drop=True)
+
+
+def _add_row(df: pd.DataFrame) -> pd.DataFrame:
+    extra = df.iloc[[0]].copy()
+    extra["image_id"] = "e" * 64
+    extra["role"] = "suspect"
+    extra["score"] = 99.0
+    return pd.concat([df, extra], ignore_index=True)
+
+
+@pytest.mark.parametrize("edit,word", [(_edit_score, "changed"), (_delete_row, "deleted"), (_add_row, "added")])
+def test_tampered_scores_are_detected_by_verify_and_regeneration(sealed, tmp_path, capsys, edit, word):
+    import scripts.report as report_script
+
+    folder = _copy(sealed, tmp_path / "run")
+    df = pd.read_parquet(folder / io.SCORES)
+    edit(df).to_parquet(folder / io.SCORES, index=False)
+    tampered = (folder / io.SCORES).read_bytes()
+
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "NOT verified" in out and f"changed file: {io.SCORES}" in out and f"row(s) {word}" in out
+    # the analysis no longer follows from the scores either
+    assert "differs from the analysis recomputed" in out
+
+    with pytest.raises(ValueError, match="failed verification"):
+        report_script.main([str(folder), "--formats", "html"])
+    # told to go on: the report says it was made from altered data, the seal keeps that, scores untouched
+    html = Path(report_script.main([str(folder), "--formats", "html", "--allow-altered"])).read_text()
+    assert "Made from altered or unverified data" in html and f"row(s) {word}" in html
+    assert (folder / io.SCORES).read_bytes() == tampered
+    assert verify.main([str(folder), "--no-recompute"]) == 1
+    assert "sealed as made from altered data" in capsys.readouterr().out
+
+
+def test_edited_analysis_is_caught_by_recomputation_even_when_resealed(sealed, tmp_path, capsys):
+    folder = _copy(sealed, tmp_path / "run")
+    a = json.loads((folder / io.ANALYSIS).read_text())
+    a["verdict"]["p_value"] = 0.5
+    (folder / io.ANALYSIS).write_text(json.dumps(a))
+    verify.seal(folder)  # every hash matches again
+    assert verify.main([str(folder), "--no-recompute"]) == 0
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    assert "verdict.p_value: 0.5 →" in capsys.readouterr().out
+
+
+def test_regeneration_never_rewrites_data_and_reseals(sealed, tmp_path):
+    import scripts.report as report_script
+
+    folder = _copy(sealed, tmp_path / "run")
+    before = {n: (folder / n).read_bytes() for n in (io.SCORES, io.IMAGES, io.PLAN, io.RUN, io.CONFIG)}
+    report_script.main([str(folder), "stats.alpha=0.01", "--formats", "html"])
+    assert {n: (folder / n).read_bytes() for n in before} == before
+    assert json.loads((folder / io.ANALYSIS).read_text())["plan"]["alpha"] == 0.01
+    v = verify.verify(folder)
+    assert v.ok, v.problems
+    elsewhere = tmp_path / "copy"
+    report_script.main([str(folder), "--out", str(elsewhere), "--formats", "html"])
+    assert (elsewhere / io.SCORES).read_bytes() == before[io.SCORES]
+    assert verify.verify(elsewhere).ok
+
+
+def test_unfinished_folder_is_reported_and_not_regenerated_silently(tmp_path, capsys):
+    import scripts.report as report_script
+
+    folder = make_folder(tmp_path / "run", seal=False)
+    assert verify.main([str(folder), "--no-recompute"]) == 1
+    assert "unfinished" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unfinished"):
+        report_script.main([str(folder), "--formats", "html"])
+
+
+def test_audit_verify_console_script(sealed):
+    exe = shutil.which("audit-verify")
+    cmd = [exe] if exe else [sys.executable, "-c", "import sys, audit.verify as v; sys.exit(v.main())"]
+    proc = subprocess.run([*cmd, str(sealed), "--no-recompute"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("verified:"), proc.stdout + proc.stderr
