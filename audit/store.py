@@ -114,7 +114,7 @@ def score_with_store(target: Any, evidence: EvidenceSet, attacks: Mapping[str, A
     if store is None:
         table = score_evidence(target, evidence, attacks, batch_size=batch_size, seed=seed, progress=progress)
         stats.computed = len(table.df)
-        return table, stats
+        return ScoreTable(table.df[list(SCORE_COLUMNS)]), stats
     for attack in attacks.values():  # fail at once on a misconfigured attack, before any batch
         attack.check_target(target)
     hashes = {name: params_hash(a.params()) for name, a in attacks.items()}
