@@ -199,3 +199,42 @@ def test_audit_verify_console_script(sealed):
     cmd = [exe] if exe else [sys.executable, "-c", "import sys, audit.verify as v; sys.exit(v.main())"]
     proc = subprocess.run([*cmd, str(sealed), "--no-recompute"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("verified:"), proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------ small audits
+@pytest.mark.parametrize("n_s,n_c", [(1, 1), (1, 20), (2, 1), (3, 2)])
+def test_any_count_of_at_least_one_gives_an_analysis_and_a_report(tmp_path, n_s, n_c):
+    folder = make_folder(tmp_path / "run", n_s=n_s, n_c=n_c)
+    a = json.loads((folder / io.ANALYSIS).read_text())
+    primary = next(x for x in a["attacks"] if x["primary"])
+    assert len(primary["artworks"]) == n_s and all(0 < w["p_conformal"] <= 1 for w in primary["artworks"])
+    assert min(w["p_conformal"] for w in primary["artworks"]) >= 1 / (n_c + 1)
+    assert (folder / "report.html").is_file() and verify.verify(folder).ok
+
+
+def test_one_suspect_against_twenty_controls_end_to_end(memorized_ddpm, tmp_path):
+    """The most common real question, "was *my* work trained on?": one suspect, 20 controls, a real model."""
+    from hydra import compose, initialize_config_dir
+
+    from audit.cli import CONFIG_DIR
+    from audit.data import write_manifest
+    from audit.pipeline import run_audit
+
+    rows = [{"path": str(memorized_ddpm.member_paths[0]), "role": "suspect"}]
+    rows += [{"path": str(p), "role": "control"} for p in memorized_ddpm.held_out_paths[:20]]
+    manifest = write_manifest(rows, tmp_path / "manifest.csv")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="audit", overrides=[
+            "experiment=own_model", f"target.source={memorized_ddpm.model_dir}", "target.local_files_only=true",
+            f"data.manifest={manifest}", "attack=[loss]", "attack.loss.timesteps=[50,100,200]",
+            "runtime.progress=false", f"score_store={tmp_path / 'store'}", "report.formats=[html]",
+            "stats.n_permutations=500", "stats.n_bootstrap=100", "stats.n_placebo=100",
+            "stats.crossfit_permutations=49"])
+    out = tmp_path / "run"
+    html = Path(run_audit(cfg, out)).read_text()
+    a = json.loads((out / io.ANALYSIS).read_text())
+    (work,) = next(x for x in a["attacks"] if x["primary"])["artworks"]
+    # the memorised work ranks above every control: the smallest conformal p-value 20 controls allow
+    assert work["p_conformal"] == pytest.approx(1 / 21)
+    assert "Only one suspect work" in html and "at least 2 suspect works" in html
+    assert verify.verify(out).ok

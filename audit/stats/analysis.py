@@ -520,6 +520,11 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
     data, data_notes = _primary_data(scores, plan, primary)
     notes.extend(data_notes)
     n_s, n_c = data.n("suspect"), data.n(plan.control_role)
+    if 0 < n_s < 2 and n_c > 0:  # the common "was *my* work trained on?" question
+        notes.append(f"Only one suspect work: the set-level test reduces to that work's own rank among the {n_c} "
+                     f"controls (its one-sided p-value cannot be below 1/(n_control+1) = {1 / (n_c + 1):.3g}); a "
+                     "statement about a set of works needs at least 2 suspect works, and the power gate says how "
+                     "many the measured effect needs.")
     primary_test: TestResult | None = None
     crossfit: CrossfitResult | None = None
     primary_auc: float | None = None

@@ -127,6 +127,8 @@ def permutation_test(
     """
     s = _as_scores(suspect, "suspect")
     c = _as_scores(control, "control")
+    if min(s.size, c.size) == 1:  # scipy refuses a one-work sample; its exact null has only n_s + n_c splits
+        return _permutation_test_one(s, c, alternative, n_resamples)
     r = stats.permutation_test(
         (s, c),
         _mean_difference,
@@ -140,6 +142,30 @@ def permutation_test(
         "permutation", float(r.statistic), float(r.pvalue), int(s.size), int(c.size), alternative=alternative,
         n_resamples=n_resamples,
     )
+
+
+def _permutation_test_one(s: np.ndarray, c: np.ndarray, alternative: Alternative, n_resamples: int) -> TestResult:
+    """Exact permutation test on the mean difference when one side holds a single work (e.g. one suspect
+    against its controls): every one of the n_s + n_c relabellings is enumerated, as scipy does for small
+    samples, with the same relative tolerance for ties."""
+    pooled = np.concatenate([s, c])
+    n, k = pooled.size, s.size
+    total = pooled.sum()
+    if k == 1:  # the single suspect is each work in turn
+        null = pooled - (total - pooled) / (n - 1)
+    else:  # the single control is each work in turn
+        null = (total - pooled) / (n - 1) - pooled
+    observed = float(s.mean() - c.mean())
+    tol = 1e-14 * max(abs(observed), 1e-300)
+    alt = _check_alternative(alternative)
+    if alt == "greater":
+        p = np.mean(null >= observed - tol)
+    elif alt == "less":
+        p = np.mean(null <= observed + tol)
+    else:
+        p = min(1.0, 2 * min(np.mean(null >= observed - tol), np.mean(null <= observed + tol)))
+    return TestResult("permutation", observed, float(p), int(s.size), int(c.size), alternative=alternative,
+                      n_resamples=n_resamples)
 
 
 def permutation_pvalues_batch(
