@@ -160,6 +160,7 @@ def load_target(
     revision: str | None = None,
     lora: Sequence[str] | str | None = None,
     lora_scale: float = 1.0,
+    lora_strict: bool = True,
     local_files_only: bool = False,
     allow_pickle: bool = False,
     device: str = "auto",
@@ -173,6 +174,8 @@ def load_target(
             (Stable-Diffusion layout).
         revision: hub revision (commit hash recommended for evidence).
         lora: LoRA weights to apply (folder, ``.safetensors`` file, or hub id), fused at ``lora_scale``.
+        lora_strict: every module a LoRA file names must exist in the model, else the load is
+            refused in one line; ``False`` applies the matching part and labels the LoRA ``[PARTIAL: ...]``.
         local_files_only: never touch the network (also implied by ``HF_HUB_OFFLINE=1``).
         allow_pickle: accept pickle-based weight files. Off by default: pickles can execute code.
         device, dtype: where and in which precision the model runs.
@@ -229,9 +232,11 @@ def load_target(
             path = _resolve_lora_file(str(spec), allow_pickle, local_files_only)
             files[f"lora/{i}/{path.name}"] = sha256_file(path)
             name = f"audit_lora_{i}"
-            pipe.load_lora_weights(_load_lora_state(path), adapter_name=name)
+            from audit.lora_check import apply_lora_checked  # every key must map (lora_strict)
+
+            partial = apply_lora_checked(pipe, _load_lora_state(path), name, path.name, strict=lora_strict)
             names.append(name)
-            lora_names.append(str(spec))
+            lora_names.append(str(spec) + partial)  # a partial adapter says so wherever it is named
         pipe.set_adapters(names, adapter_weights=[lora_scale] * len(names))
         # Fusing bakes the adapters into the weights: same outputs, no per-call LoRA overhead.
         pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
