@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,6 +80,9 @@ def fingerprint_of(files: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
 def _resolve_folder(source: str, revision: str | None, local_files_only: bool, allow_pickle: bool) -> Path:
     """A local folder as is, or the hub snapshot that ``from_pretrained`` would use (only needed files)."""
     p = Path(source).expanduser()
@@ -89,6 +93,9 @@ def _resolve_folder(source: str, revision: str | None, local_files_only: bool, a
                 "Save it with `pipeline.save_pretrained(...)` or give a hub id."
             )
         return p.resolve()
+    if not _HUB_ID.fullmatch(source):  # a path, not a hub id (owner/name): say which was tried
+        raise TargetLoadError(f"model folder not found: {p.absolute()} (tried as a local path; "
+                              "a hub id has the form owner/name)")
     from diffusers import DiffusionPipeline
 
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
@@ -101,7 +108,9 @@ def _resolve_folder(source: str, revision: str | None, local_files_only: bool, a
         )
     except Exception as e:  # network, missing repo, or no safetensors weights
         hint = " (offline: only models already in the local hub cache can be used)" if offline else ""
-        raise TargetLoadError(f"could not fetch model {source!r}{hint}: {e}") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TargetLoadError(f"could not fetch model {source!r} from the hub (tried as a hub id; no local folder "
+                              f"{p.absolute()} exists){hint}: {first}") from e
     return Path(folder)
 
 
