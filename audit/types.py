@@ -41,6 +41,7 @@ class ImageRecord:
     width: int = 0
     height: int = 0
     format: str = ""
+    resolved_path: str = ""  # the file actually read: a symbolic link's target (else the path itself)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -361,9 +361,12 @@ def test_duplicates(tmp_path: Path) -> None:
     assert tuple(ev.pixels.shape) == (2, 3, 8, 8)
     reasons = [(Path(r.path).name, r.role, r.reason) for r in ev.rejected]
     assert reasons == [
-        ("b.png", "suspect", f"duplicate of {a}"),
-        ("c.png", "suspect", f"same file also listed as role control at {c}"),
-        ("c.png", "control", f"same file also listed as role suspect at {c}"),
+        ("b.png", "suspect", f"duplicate of {a} (manifest entry 1) (same bytes, same role: counted once)"),
+        # the other listing is the same path: its reason names the entry, not (again) its own path
+        ("c.png", "suspect", "same file also listed as role control (the same path listed again as manifest entry "
+                             "4): the role assignment contradicts itself, so every listing is excluded"),
+        ("c.png", "control", "same file also listed as role suspect (the same path listed again as manifest entry "
+                             "3): the role assignment contradicts itself, so every listing is excluded"),
     ]
     assert ev.rejected[0].sha256 == ev.records[0].image_id
 
@@ -459,3 +462,59 @@ def test_truncated_file_rejected_even_if_pil_was_told_to_pad(tmp_path: Path, mon
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(ImageRejected, match="corrupt image"):
         validate_and_load(_truncated_png(tmp_path / "half.png"), 16)
+
+
+# --------------------------------------------------------------------------------------------------
+# near-duplicates, symlinks (issue 11)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_reencoded_jpeg_copy_of_a_control_listed_as_suspect_is_caught(tmp_path: Path) -> None:
+    entries = make_artwork_folder(tmp_path / "works", ["stripes", "circles", "grid", "waves"], per_artist=6,
+                                  size=256, seed=0)
+    for i, e in enumerate(entries):
+        e["role"] = "suspect" if i % 3 == 0 else "control"
+    control = next(e for e in entries if e["role"] == "control")
+    copy = tmp_path / "copy.jpg"
+    Image.open(control["path"]).convert("RGB").resize((200, 200)).save(copy, quality=70)  # new bytes, same work
+    ev = load_evidence([*entries, {"path": str(copy), "role": "suspect"}], 32, progress=False)
+    near = {Path(r.path).name: r.reason for r in ev.rejected if "near-duplicate" in r.reason}
+    # both listings are excluded, each reason naming the other one and the distance
+    assert set(near) == {Path(control["path"]).name, "copy.jpg"}
+    assert f"near-duplicate of {copy} listed as role suspect" in near[Path(control["path"]).name]
+    assert "RMS difference" in near["copy.jpg"] and "both listings are excluded" in near["copy.jpg"]
+    # distinct works of the same synthetic artists are never mistaken for copies
+    assert len(ev) == len(entries) - 1 and not [r for r in ev.rejected if r.path not in (str(copy), control["path"])]
+
+
+def test_near_duplicates_are_not_distinct_works(tmp_path: Path) -> None:
+    """The thresholds separate copies from the closest distinct works: small shapes on white, 64 px."""
+    from PIL import ImageDraw
+
+    from audit.data.near_duplicates import find_near_duplicates
+
+    rng = np.random.default_rng(0)
+    arrs = []
+    for _ in range(60):
+        im = Image.new("RGB", (128, 128), "white")
+        d = ImageDraw.Draw(im)
+        x, y, r = int(rng.integers(30, 100)), int(rng.integers(30, 100)), int(rng.integers(6, 20))
+        d.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        arrs.append(np.asarray(im))
+    pixels = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+    assert find_near_duplicates(pixels) == []
+    buf = io.BytesIO()
+    Image.fromarray(arrs[7]).save(buf, "JPEG", quality=60)
+    copy = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1)[None]
+    pairs = find_near_duplicates(torch.cat([pixels, copy]))
+    assert [(p.i, p.j) for p in pairs] == [(7, 60)]
+
+
+def test_symlink_records_its_resolved_target(tmp_path: Path) -> None:
+    target = _save_rgb(tmp_path / "real" / "work.png", seed=4)
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    ev = load_evidence([{"path": str(link), "role": "suspect"}], 8, progress=False)
+    (rec,) = ev.records
+    assert rec.path == str(link) and rec.resolved_path == str(target.resolve())
+    assert ev.image_table()["resolved_path"].tolist() == [str(target.resolve())]

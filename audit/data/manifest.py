@@ -342,13 +342,39 @@ def _duplicate_reasons(entries: list[dict[str, Any]], hashes: list[str | None]) 
             continue
         roles = {entries[i]["role"] for i in idxs}
         if len(roles) == 1:
-            first = entries[idxs[0]]["path"]
+            first = idxs[0]
             for i in idxs[1:]:
-                reasons[i] = f"duplicate of {first}"
+                reasons[i] = f"duplicate of {_listing(entries, first, i)} (same bytes, same role: counted once)"
             continue
         for i in idxs:
             other = next(j for j in idxs if entries[j]["role"] != entries[i]["role"])
-            reasons[i] = f"same file also listed as role {entries[other]['role']} at {entries[other]['path']}"
+            reasons[i] = (f"same file also listed as role {entries[other]['role']} ({_listing(entries, other, i)}): "
+                          "the role assignment contradicts itself, so every listing is excluded")
+    return reasons
+
+
+def _listing(entries: list[dict[str, Any]], other: int, me: int) -> str:
+    """How entry ``me``'s reason names entry ``other``: its path, or its entry number when the path is the same."""
+    if os.path.normpath(str(entries[other]["path"])) == os.path.normpath(str(entries[me]["path"])):
+        return f"the same path listed again as manifest entry {other + 1}"
+    return f"{entries[other]['path']} (manifest entry {other + 1})"
+
+
+def _near_duplicate_reasons(records: list[ImageRecord], pixels: torch.Tensor) -> dict[int, str]:
+    """Rejection reasons for re-encoded / resized copies among accepted works (see audit.data.near_duplicates):
+    a later copy under the same role is dropped; copies under different roles are all excluded."""
+    from audit.data.near_duplicates import find_near_duplicates
+
+    reasons: dict[int, str] = {}
+    for pair in find_near_duplicates(pixels):
+        a, b = records[pair.i], records[pair.j]
+        if a.role == b.role:
+            reasons.setdefault(pair.j, f"near-duplicate of {a.path} (same role; {pair.describe()}): a re-encoded or "
+                                       "resized copy would count one work twice")
+            continue
+        for me, other in ((pair.i, b), (pair.j, a)):
+            reasons[me] = (f"near-duplicate of {other.path} listed as role {other.role} ({pair.describe()}): the role "
+                           "assignment contradicts itself, so both listings are excluded")
     return reasons
 
 
@@ -357,13 +383,16 @@ def load_evidence(
     resolution: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    check_near_duplicates: bool = True,
 ) -> EvidenceSet:
     """Hash, validate and preprocess every entry into an :class:`~audit.types.EvidenceSet`.
 
     Accepted files become :class:`~audit.types.ImageRecord` (``image_id`` = SHA-256 of the file) with
     uint8 pixels ``[N, 3, resolution, resolution]`` in entry order; every other entry becomes a
     :class:`~audit.types.Rejection` with its reason (missing, unreadable, not an image, too large,
-    corrupt, duplicate, contradictory roles). One bad file never stops the others.
+    corrupt, duplicate, contradictory roles, near-duplicate: a re-encoded or resized copy of another listed
+    work, see :mod:`audit.data.near_duplicates`). One bad file never stops the others. ``resolved_path``
+    records the file actually read (a symbolic link's target).
 
     Raises:
         ValueError: an entry without a path or with a role outside :data:`audit.types.ROLES` (a caller
@@ -418,6 +447,7 @@ def load_evidence(
                 image_id=sha,
                 path=path,
                 role=role,
+                resolved_path=os.path.realpath(path),
                 caption=_str_field(e.get("caption")),
                 artist=_str_field(e.get("artist")),
                 created=_str_field(e.get("created")),
@@ -428,7 +458,13 @@ def load_evidence(
         )
 
     pixels = buffer[: len(records)]
-    if len(records) < n_candidates:
+    near = _near_duplicate_reasons(records, pixels) if check_near_duplicates else {}
+    if near:
+        keep = [k for k in range(len(records)) if k not in near]
+        rejected += [Rejection(records[k].path, records[k].role, near[k], records[k].image_id) for k in sorted(near)]
+        records = [records[k] for k in keep]
+        pixels = pixels[keep]
+    elif len(records) < n_candidates:
         pixels = pixels.clone()  # drop the unused tail of the buffer
     if rejected:
         logger.warning(
