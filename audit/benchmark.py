@@ -207,7 +207,7 @@ def set_level_power(pos: np.ndarray, neg: np.ndarray, settings: BenchmarkSetting
             rows.append({"n_suspect": n, "member_fraction": frac, "available": True, "n_members_in_suspects":
                          int(round(n * frac)), "n_control": n_ctrl, "n_draws": len(ps), "median_p": float(np.median(p)),
                          "p_q25": float(np.quantile(p, 0.25)), "p_q75": float(np.quantile(p, 0.75)),
-                         "power": float(np.mean(p < settings.alpha))})
+                         "power": float(np.mean(p <= settings.alpha))})
     return rows
 
 
@@ -222,7 +222,7 @@ def null_fpr(neg: np.ndarray, settings: BenchmarkSettings) -> dict[str, Any]:
         assert d is not None
         p = mann_whitney(d[0], d[1]).p_value
         ps.append(p)
-        rejections += p < settings.alpha
+        rejections += p <= settings.alpha
     ci = binomtest(rejections, settings.n_null_draws).proportion_ci(confidence_level=0.95, method="exact")
     return {"n_suspect": n, "n_control": min(settings.max_controls, len(neg) - n), "n_draws": settings.n_null_draws,
             "alpha": settings.alpha, "rejections": int(rejections), "fpr": rejections / settings.n_null_draws,
@@ -369,7 +369,7 @@ def write_benchmark(result: dict[str, Any], out: str | Path) -> Path:
                "the bare loop makes the forward calls only, so their overhead ratio mostly measures the backward "
                "passes and GSA's per-image gradients, not framework cost."]
     md += ["", f"## Set-level test (one-sided Mann–Whitney U) vs number of suspect works, α = {s['alpha']}", "",
-           f"Median p-value over {s['n_draws']} draws [quartiles] and power (share of draws with p < α); suspects "
+           f"Median p-value over {s['n_draws']} draws [quartiles] and power (share of draws with p ≤ α); suspects "
            "mix members at the given fraction with held-out non-members; controls are other held-out non-members.", ""]
     for r in ok:
         md += [f"**{r['attack']}** — fewest suspects for 80% power with all suspects members: "

@@ -17,6 +17,8 @@ ARTISTS = ("stripes", "circles", "grid", "waves")
 # Small resampling counts: these tests check the gates' logic, not Monte-Carlo precision.
 PLAN = AnalysisPlan(n_permutations=999, n_bootstrap=100, crossfit_permutations=199, n_placebo=400,
                     n_power_resamples=300)
+# The same plan with the blind baseline waived, for score tables that come without image features.
+NO_BLIND = AnalysisPlan(**{**PLAN.to_dict(), "gates": ["placebo", "positive_control", "power"]})
 
 
 def _evidence(works: list[tuple[str, str, int]], size: int = 16) -> EvidenceSet:
@@ -77,9 +79,13 @@ def test_verdict_is_withheld_when_the_blind_baseline_fails(matched_and_shifted):
     """Suspects score higher — but the controls come from another artist, and the pixels alone show it."""
     _, shifted = matched_and_shifted
     scores = _scores(shifted, {"suspect": 1.0})
-    unguarded = analyze(scores, None, PLAN)
-    assert unguarded.verdict.decision == "reject_h0"  # without features the gate cannot run ...
-    assert unguarded.gate("blind_baseline").status == "not_run"
+    unguarded = analyze(scores, None, NO_BLIND)
+    assert unguarded.verdict.decision == "reject_h0"  # with the gate waived the raw test "convicts" ...
+    assert "waived" in unguarded.verdict.sentence
+    missing = analyze(scores, None, PLAN)  # required but not runnable (no features): withheld, not a verdict
+    assert missing.gate("blind_baseline").status == "not_run"
+    assert missing.verdict.decision == "withheld" and missing.verdict.failed_gates == ["blind_baseline"]
+    assert "could not be run" in missing.verdict.sentence
     res = analyze(scores, None, PLAN, features=blind_features(shifted))
     assert res.verdict.decision == "withheld"  # ... with them the verdict is withheld
     assert res.verdict.failed_gates == ["blind_baseline"]
@@ -129,7 +135,7 @@ def test_placebo_gate_fails_for_an_anticonservative_test(monkeypatch):
 
 
 def test_placebo_not_run_without_enough_controls():
-    res = analyze(_table(20, 20, 1.0), None, PLAN)
+    res = analyze(_table(20, 20, 1.0), None, NO_BLIND)
     assert res.gate("placebo").status == "not_run"
     assert res.verdict.decision == "reject_h0"  # not run ≠ failed
     assert any("Placebo" in n and "not run" in n for n in res.notes)
@@ -157,13 +163,17 @@ def test_power_gate_reports_works_needed_at_the_measured_effects():
     g = res.gate("power")
     assert g.status == "info"
     rows = {r["effect"]: r for r in g.details["rows"]}
-    assert set(rows) == {"measured on the suspects", "measured on the known members"}
+    # known members only: the suspects' own effect would be post-hoc "observed power"
+    assert set(rows) == {"measured on the known members"}
     from audit.stats.tests import noether_n
 
     for r in rows.values():
         assert r["n_needed"] == noether_n(r["auc"], 300, PLAN.alpha, PLAN.power_target)
-    assert rows["measured on the known members"]["n_needed"] < rows["measured on the suspects"]["n_needed"]
-    assert g.details["measured"]["n"] == 10  # the positive control's resampled power at this size
+    assert g.details["measured"]["n"] == 10  # the positive control's subsampled power at this size
+    # no members: a planning table at hypothetical effects, said to be hypothetical
+    g0 = analyze(_table(10, 300, 0.5), None, PLAN).gate("power")
+    assert g0.details["hypothetical"] and "hypothetical" in g0.summary
+    assert all(r["effect"].startswith("hypothetical") for r in g0.details["rows"])
 
 
 def test_a_feature_set_plan_uses_the_crossfitted_test_and_its_placebo():
@@ -174,6 +184,7 @@ def test_a_feature_set_plan_uses_the_crossfitted_test_and_its_placebo():
     table = ScoreTable(pd.concat([base, pia], ignore_index=True))
     plan = AnalysisPlan(features=["loss", "pia"], crossfit_permutations=49, n_placebo=40, n_bootstrap=50,  # type: ignore[arg-type]
                         n_permutations=99)
+    plan = AnalysisPlan(**{**plan.to_dict(), "gates": list(NO_BLIND.gates)})
     res = analyze(table, None, plan)
     assert res.primary_test.name == "crossfit" and res.primary_test.p_value <= 0.05
     assert res.verdict.decision == "reject_h0" and "feature set" in res.verdict.sentence

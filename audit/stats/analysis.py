@@ -103,6 +103,9 @@ class AnalysisPlan:
     n_placebo: int = 1000  # random placebo splits of the controls
     n_power_resamples: int = 1000  # member resamples for the positive control's measured power
     power_target: float = 0.8  # power the power analysis solves for
+    # Manifest column(s) that stratify the works (e.g. artist). The placebo gate's leave-one-stratum-out check
+    # uses the first; without it that check uses the `artist` column when the image table has one.
+    strata: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -146,6 +149,8 @@ class AnalysisPlan:
         # Accept lists from a YAML config but store tuples, so the plan stays hashable and frozen.
         object.__setattr__(self, "gates", gates)
         object.__setattr__(self, "fpr_levels", tuple(float(f) for f in self.fpr_levels))
+        strata = tuple(str(s) for s in self.strata) if self.strata else None
+        object.__setattr__(self, "strata", strata)
 
     @property
     def primary_label(self) -> str:
@@ -199,14 +204,17 @@ class AttackResult:
 class Verdict:
     """The single confirmatory statement of the audit."""
 
-    decision: Literal["reject_h0", "fail_to_reject", "not_tested", "withheld"]
+    # reject_lower: a two-sided plan rejected H0 because the suspects score *lower* than the controls — not
+    # evidence of membership (it points at controls that differ from the suspects).
+    decision: Literal["reject_h0", "reject_lower", "fail_to_reject", "not_tested", "withheld"]
     sentence: str
     attack: str | None  # the primary statistic: an attack name or "feature set [...]"
     test: str
     alpha: float
     p_value: float | None = None
     failed_gates: list[str] = field(default_factory=list)
-    # False when the plan differs from the one recorded before scoring (a regenerated, changed analysis)
+    # False when the plan differs from the one recorded before scoring (a regenerated, changed analysis), or
+    # when no plan hash was recorded before scoring at all
     confirmatory: bool = True
 
 
@@ -316,7 +324,8 @@ def _analyze_attack(
     boot = dict(n_boot=plan.n_bootstrap, level=plan.ci_level, seed=plan.seed)
 
     if s.size and c.size:
-        res.set_tests["mann_whitney"] = mann_whitney(s, c, plan.alternative)
+        res.set_tests["mann_whitney"] = mann_whitney(s, c, plan.alternative, n_resamples=plan.n_permutations,
+                                                     seed=plan.seed)
         res.set_tests["permutation"] = permutation_test(s, c, n_resamples=plan.n_permutations, seed=plan.seed,
                                                         alternative=plan.alternative)
         res.auc_suspect_control = auc_with_ci(s, c, **boot)
@@ -373,8 +382,29 @@ def _where(plan: AnalysisPlan, label: str, t: TestResult) -> str:
     return f"({what}, {test_label(plan.test, plan.alternative)}; {t.n_suspect} suspect and {t.n_control} control works)"
 
 
+def _gate_gaps(plan: AnalysisPlan, gates: list[GateResult]) -> tuple[list[GateResult], list[str]]:
+    """Gates that withhold because they could not be run (the blind baseline, when the plan requires it), and
+    sentences naming the other gates that were not run or were waived."""
+    blocking, said = [], []
+    for g in gates:
+        if g.status != "not_run":
+            continue
+        if g.name == "blind_baseline" and g.name in plan.gates:
+            blocking.append(g)
+        elif g.name == "blind_baseline":
+            said.append("The blind baseline was waived in the analysis plan (stats.gates), so nothing here checks "
+                        "that the controls match the suspects in model-free features.")
+        elif g.name == "positive_control" and g.name in plan.gates:
+            said.append("No positive control was run (" + g.summary.rstrip(".") + "), so the test's power on this "
+                        "model is unknown.")
+        elif g.name in ("placebo", "positive_control"):
+            said.append(f"The {g.title.split(' (')[0].lower()} gate was "
+                        + ("waived in the analysis plan." if g.name not in plan.gates else "not run: " + g.summary))
+    return blocking, said
+
+
 def _verdict(plan: AnalysisPlan, label: str, t: TestResult | None, n_suspect: int, n_control: int,
-             gates: list[GateResult], confirmatory: bool) -> Verdict:
+             gates: list[GateResult], confirmatory: bool, effect_auc: float | None = None) -> Verdict:
     if t is None:
         missing = "control" if n_control == 0 else "suspect"
         why = (
@@ -394,6 +424,18 @@ def _verdict(plan: AnalysisPlan, label: str, t: TestResult | None, n_suspect: in
     p_txt = format_p(t.p_value, plan.alpha)
     direction = "" if plan.alternative == "greater" else " (two-sided)"
     failed = [g for g in gates if g.failed]
+    blocking, gaps = _gate_gaps(plan, gates)
+    gap_txt = (" " + " ".join(gaps)) if gaps else ""
+    if blocking and not failed:
+        sentence = (
+            f"Verdict withheld at α = {plan.alpha:g}: the blind baseline, required by the analysis plan, could not be "
+            f"run ({blocking[0].summary.rstrip('.')}), so nothing shows that the controls are a valid null for the "
+            f"suspects. The primary test's p-value (p = {p_txt}, {where[1:-1]}) is therefore not evidence about the "
+            "training data in either direction; leave blind_baseline out of stats.gates to waive this check "
+            "explicitly." + gap_txt
+        )
+        return Verdict("withheld", sentence, label, plan.test, plan.alpha, t.p_value, [g.name for g in blocking],
+                       confirmatory)
     if failed:
         names = ", ".join(g.title.split(" (")[0].lower() for g in failed)
         sentence = (
@@ -403,10 +445,20 @@ def _verdict(plan: AnalysisPlan, label: str, t: TestResult | None, n_suspect: in
         )
         return Verdict("withheld", sentence, label, plan.test, plan.alpha, t.p_value, [g.name for g in failed],
                        confirmatory)
+    lower = plan.alternative == "two-sided" and effect_auc is not None and effect_auc < 0.5
+    if t.p_value <= plan.alpha and lower:
+        sentence = (
+            f"At α = {plan.alpha:g}, the suspect works score lower than the controls {where} (two-sided p = {p_txt}; "
+            f"AUC {effect_auc:.3f}). Members score higher under every attack, so this is not evidence that any "
+            "suspect work was in the training data; it indicates that the controls differ from the suspects."
+            + gap_txt
+        )
+        return Verdict("reject_lower", sentence, label, plan.test, plan.alpha, t.p_value, [], confirmatory)
     if t.p_value <= plan.alpha:
         sentence = (
             f"At α = {plan.alpha:g}, the suspect works' membership scores {where} are inconsistent with the "
-            f"hypothesis that no suspect work was in the model's training data{direction} (p = {p_txt})."
+            f"hypothesis that no suspect work was in the model's training data{direction}, the suspects scoring "
+            f"higher (p = {p_txt})." + gap_txt
         )
         decision = "reject_h0"
     else:
@@ -416,11 +468,15 @@ def _verdict(plan: AnalysisPlan, label: str, t: TestResult | None, n_suspect: in
             "Failing to detect membership is not proof of absence."
         )
         pc = next((g for g in gates if g.name == "positive_control" and g.status == "pass"), None)
-        if pc is not None and pc.details.get("power", {}).get("rate") is not None:
+        pw = (pc.details.get("power") or {}) if pc is not None else {}
+        if pw.get("rate") is not None:
+            size = pw.get("size", n_suspect)
             sentence += (f" Had every suspect work been in the training data, the test would have detected it "
-                         f"with about {pc.details['power']['rate'] * 100:.0f}% probability (power measured on the "
-                         "known members at this number of works); a few members among many suspects are much "
-                         "harder to detect.")
+                         f"with about {pw['rate'] * 100:.0f}% probability (power measured on subsets of the known "
+                         f"members of {size} works"
+                         + ("" if size == n_suspect else f"; the suspect set has {n_suspect}") +
+                         "); a few members among many suspects are much harder to detect.")
+        sentence += gap_txt
         decision = "fail_to_reject"
     return Verdict(decision, sentence, label, plan.test, plan.alpha, t.p_value, [], confirmatory)
 
@@ -448,32 +504,44 @@ def _primary_data(scores: ScoreTable, plan: AnalysisPlan, primary: str) -> tuple
     return PrimaryData(plan.primary_label, tuple(plan.features), X, ids), notes
 
 
-def _run_gates(plan: AnalysisPlan, data: PrimaryData, features: pd.DataFrame | None, primary_auc: float | None,
-               ) -> list[GateResult]:
+def _strata_map(plan: AnalysisPlan, images: pd.DataFrame | None) -> tuple[dict[str, str] | None, str]:
+    """image_id → stratum for the placebo gate's leave-one-stratum-out check (plan.strata[0], else artist)."""
+    col = plan.strata[0] if plan.strata else "artist"
+    if images is None or col not in images.columns or "image_id" not in images.columns:
+        if plan.strata:
+            raise ValueError(f"stats.strata names column {col!r}, which the image table does not have")
+        return None, col
+    vals = images[["image_id", col]].drop_duplicates("image_id")
+    vals = vals[vals[col].notna() & (vals[col].astype(str).str.strip() != "")]
+    return (dict(zip(vals["image_id"], vals[col].astype(str))) or None), col
+
+
+def _run_gates(plan: AnalysisPlan, data: PrimaryData, features: pd.DataFrame | None,
+               images: pd.DataFrame | None = None) -> list[GateResult]:
     gates: list[GateResult] = []
     ids_s, ids_c = data.ids["suspect"], data.ids[plan.control_role]
     disabled = "This gate was switched off in the analysis plan (stats.gates)."
     from audit.stats.gates import GATE_TITLES
 
+    strata, col = _strata_map(plan, images)
     for name in ("blind_baseline", "placebo", "positive_control"):
         if name not in plan.gates:
             gates.append(GateResult(name, GATE_TITLES[name], "not_run", disabled))
         elif name == "blind_baseline":
-            gates.append(blind_baseline_gate(features, ids_s, ids_c, plan))
+            gates.append(blind_baseline_gate(features, ids_s, ids_c, plan, data))
         elif name == "placebo":
-            gates.append(placebo_gate(data, plan))
+            gates.append(placebo_gate(data, plan, strata, col))
         else:
             gates.append(positive_control_gate(data, plan))
     if "power" in plan.gates:
+        # Power from the known members only: the suspects' own effect would be post-hoc "observed power".
         effects = []
-        if primary_auc is not None:
-            effects.append(("measured on the suspects", primary_auc))
         pc = gates[-1]
         if pc.status in ("pass", "fail") and "auc_members" in pc.details:
             effects.append(("measured on the known members", pc.details["auc_members"]))
         measured = {}
-        if pc.status in ("pass", "fail") and pc.details.get("power_method") == "resampled":
-            measured = {**pc.details["power"], "draws": pc.details["power"]["n"], "n": data.n("suspect")}
+        if pc.status in ("pass", "fail") and pc.details.get("power_method") == "subsampled":
+            measured = {**pc.details["power"], "draws": pc.details["power"]["n"], "n": pc.details["subset_size"]}
         gates.append(power_gate(effects, data.n("suspect"), data.n(plan.control_role), plan, measured))
     else:
         gates.append(GateResult("power", GATE_TITLES["power"], "not_run", disabled))
@@ -533,29 +601,33 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
 
         if crossfit_folds(n_s, n_c, plan.crossfit_folds) >= 2:
             primary_test, crossfit = run_primary(plan, data.values["suspect"], data.values[plan.control_role],
-                                                 data.names)
+                                                 data.names, s_ids=data.ids["suspect"],
+                                                 c_ids=data.ids[plan.control_role])
             primary_auc = crossfit.auc
-            neg = [f for f, w in zip(crossfit.features, crossfit.coef) if w < 0]
-            if neg:
-                notes.append(f"In the cross-fitted primary statistic the fitted weight of {neg} is negative (on "
-                             "average over folds): suspects score *lower* than controls on it. Every attack is "
-                             "oriented so that members score higher, so this direction is not a membership signal; "
-                             "check the blind baseline and the positive control.")
+            zero = [f for f, w in zip(crossfit.features, crossfit.coef) if w <= 1e-12]
+            if zero:
+                notes.append(f"In the cross-fitted primary statistic the weight of {zero} is zero in every fold: the "
+                             "weights are constrained to be non-negative (members score higher under every attack), "
+                             "and these attacks did not help to score the suspects higher than the controls.")
     else:
         pres = next(r for r in results if r.attack == primary)
         primary_test = pres.set_tests.get(plan.test)
         primary_auc = pres.auc_suspect_control.auc if pres.auc_suspect_control is not None else None
 
     sha = plan.sha256()
-    confirmatory = recorded_plan_sha256 is None or recorded_plan_sha256 == sha
-    gates = _run_gates(plan, data, features, primary_auc) if primary_test is not None else []
-    verdict = _verdict(plan, label, primary_test, n_s, n_c, gates, confirmatory)
-    if verdict.decision == "not_tested":
-        notes.insert(0, verdict.sentence)
-    if not confirmatory:
+    confirmatory = recorded_plan_sha256 is not None and recorded_plan_sha256 == sha
+    gates = _run_gates(plan, data, features, images) if primary_test is not None else []
+    verdict = _verdict(plan, label, primary_test, n_s, n_c, gates, confirmatory, primary_auc)
+    if recorded_plan_sha256 is None:
+        notes.insert(0, f"No analysis-plan hash was recorded before scoring, so nothing shows that this plan (SHA-256 "
+                        f"{sha[:16]}…) was fixed before the scores existed: the verdict is exploratory, not "
+                        "confirmatory.")
+    elif not confirmatory:
         notes.insert(0, f"The analysis plan (SHA-256 {sha[:16]}…) differs from the plan recorded before scoring "
                         f"({recorded_plan_sha256[:16]}…): this analysis was changed after the scores existed, so its "
                         "verdict is exploratory, not confirmatory.")
+    if verdict.decision == "not_tested":
+        notes.insert(0, verdict.sentence)
     for g in gates:
         if g.status == "not_run" and g.name != "power":
             notes.append(f"{g.title}: not run. {g.summary}")

@@ -4,21 +4,32 @@ A set-level test is only as good as its null: it assumes that a suspect work tha
 training data is exchangeable with the control works. The gates probe that assumption and the test's
 behaviour on the data at hand (DESIGN.md, "Statistical methodology"):
 
-* **blind baseline** — the same set-level test on model-free image features (colour, texture, size,
-  format, compression, caption length). If suspects and controls are separable without the model, a
-  membership "signal" may be nothing but that shift. *Fails* when the blind test rejects at α.
-* **placebo nulls** — random splits of the controls into a pseudo-suspect set of the suspect set's size
-  and pseudo-controls, each tested with the primary test. The empirical false-positive rate at α must not
-  exceed α. *Fails* when the Clopper–Pearson interval of that rate lies entirely above α.
+* **blind baseline** — model-free image features (colour, texture, size, format, compression, caption
+  length) in two tests: (a) the cross-fitted set-level test on all features (any shift), and (b) a
+  *score-aligned* test: the primary score is predicted from the features by cross-fitted ridge regression
+  (label-free, so the test stays exact) and the suspects' predictions are compared with the controls'
+  (one-sided rank test). (b) targets exactly the dangerous shift — a model-free difference that moves the
+  attack score upwards — and has far more power against it than (a) when it hides among many features.
+  *Fails* when either rejects at α. *Not run* (no features stored) withholds a confirmatory verdict unless
+  the plan waives the gate by leaving it out of ``stats.gates``.
+* **placebo splits** — two parts. (a) An *implementation check*: random splits of the controls into
+  pseudo-suspects and pseudo-controls, each tested with the primary test. Random splits of one control set
+  are exchangeable by construction, so this checks the software and the test's calibration only; it cannot
+  detect structure in the controls. (b) *Leave-one-stratum-out* when the controls carry a stratum (the
+  plan's ``strata``, else the manifest's ``artist``): the controls of each stratum against all other
+  controls. This part can fail on structure: if one artist's works look "member-like" against the others,
+  a suspect set of one artist would too. *Fails* when the Clopper–Pearson interval of either rejection rate
+  lies entirely above α.
 * **positive control** — when known members are given: the primary test with the known members in place
   of the suspects must detect them (*fails* otherwise: the attack does not work on this model, so neither
-  outcome of the verdict would be interpretable), and its power at the suspect set's size is measured by
-  resampling.
-* **power** — how many suspect works the test needs at the measured effect (Noether's approximation for
-  rank tests); informational.
+  outcome of the verdict would be interpretable), and its power is measured by drawing subsets of the
+  known members (never the suspects: that would be post-hoc "observed power").
+* **power** — how many suspect works the test needs at the known members' effect (Noether's approximation
+  for rank tests); informational.
 
 Every function is pure and seeded. Gate ``status`` is one of ``pass``, ``fail``, ``not_run`` (with the
-reason in ``summary``) and ``info``; the verdict is withheld when any gate has ``fail``.
+reason in ``summary``) and ``info``; the verdict is withheld when any gate has ``fail``, and when the blind
+baseline is required by the plan but could not be run.
 """
 from __future__ import annotations
 
@@ -57,7 +68,7 @@ __all__ = ["GATES", "GATE_TITLES", "GateResult", "PrimaryData", "run_primary", "
 GATES: tuple[str, ...] = ("blind_baseline", "placebo", "positive_control", "power")
 GATE_TITLES: dict[str, str] = {
     "blind_baseline": "Blind baseline (model-free features)",
-    "placebo": "Placebo nulls (random splits of the controls)",
+    "placebo": "Placebo splits of the controls (implementation check; leave-one-stratum-out)",
     "positive_control": "Positive control (known members)",
     "power": "Power analysis",
 }
@@ -110,23 +121,25 @@ def _gate(name: str, status: str, summary: str, **details: Any) -> GateResult:
 
 # ---------------------------------------------------------------------------------------------- primary test
 def run_primary(plan: "AnalysisPlan", s: np.ndarray, c: np.ndarray, names: tuple[str, ...] = (),
-                seed_offset: int = 0) -> tuple[TestResult, CrossfitResult | None]:
-    """The plan's set-level test of ``s`` (suspect-side) vs ``c`` (controls)."""
+                seed_offset: int = 0, s_ids: list[str] | None = None, c_ids: list[str] | None = None,
+                ) -> tuple[TestResult, CrossfitResult | None]:
+    """The plan's set-level test of ``s`` (suspect-side) vs ``c`` (controls). A feature set is combined with
+    non-negative weights (every attack score is member-oriented) and folded in image-id order."""
     seed = plan.seed + seed_offset
     if plan.test == "crossfit":
         cf = crossfit_test(s, c, plan.crossfit_permutations, plan.crossfit_folds, seed, plan.alternative,
-                           feature_names=list(names))
+                           feature_names=list(names), nonneg=True, suspect_ids=s_ids, control_ids=c_ids)
         return cf.test, cf
     if plan.test == "permutation":
         return permutation_test(s, c, plan.n_permutations, seed, plan.alternative), None
-    return mann_whitney(s, c, plan.alternative), None
+    return mann_whitney(s, c, plan.alternative, n_resamples=plan.n_permutations, seed=seed), None
 
 
 def _batch_pvalues(plan: "AnalysisPlan", S: np.ndarray, C: np.ndarray, seed: int) -> np.ndarray:
     """Primary-test p-values of single-feature rows (``S`` [R, n_s] vs ``C`` [R, n_c] or [n_c])."""
     if plan.test == "permutation":
         return permutation_pvalues_batch(S, C, plan.n_permutations, seed, plan.alternative)
-    return mann_whitney_batch(S, C, plan.alternative)
+    return mann_whitney_batch(S, C, plan.alternative, n_resamples=999, seed=seed)
 
 
 def _rate(pvals: np.ndarray, alpha: float, level: float) -> dict[str, float]:
@@ -136,15 +149,47 @@ def _rate(pvals: np.ndarray, alpha: float, level: float) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- blind baseline
+def _primary_score_1d(data: PrimaryData, role: str) -> np.ndarray:
+    """One number per work for the primary statistic: the score itself, or for a feature set the mean of its
+    z-scored features (standardised on all works together, label-free)."""
+    v = data.values[role]
+    if v.ndim == 1:
+        return v
+    allv = np.vstack([x for x in data.values.values() if x is not None and x.size])
+    mu, sd = allv.mean(axis=0), allv.std(axis=0)
+    return ((v - mu) / np.where(sd > 0, sd, 1.0)).mean(axis=1)
+
+
+def _score_aligned_blind_test(F: np.ndarray, score: np.ndarray, n_s: int, folds: int, seed: int,
+                              alternative_seed: int) -> tuple[float, float, np.ndarray]:
+    """Predict the primary score from the model-free features by cross-fitted ridge regression on all works
+    (the labels are not used, so under H0 the predictions of suspects and controls stay exchangeable), then
+    test whether the suspects' predictions are higher (one-sided Mann–Whitney). Returns (p, R² out of fold,
+    predictions)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold
+
+    n = F.shape[0]
+    pred = np.empty(n)
+    for tr, te in KFold(n_splits=min(folds, n), shuffle=True, random_state=seed).split(F):
+        pred[te] = Ridge(alpha=1.0).fit(F[tr], score[tr]).predict(F[te])
+    ss = float(((score - score.mean()) ** 2).sum())
+    r2 = 1.0 - float(((score - pred) ** 2).sum()) / ss if ss > 0 else 0.0
+    p = mann_whitney(pred[:n_s], pred[n_s:], "greater", seed=alternative_seed).p_value
+    return float(p), r2, pred
+
+
 def blind_baseline_gate(features: pd.DataFrame | None, suspect_ids: list[str], control_ids: list[str],
-                        plan: "AnalysisPlan") -> GateResult:
-    """The set-level test on model-free features: cross-fitted logistic regression, out-of-fold AUC, permutation
-    null (the same test the verdict uses for a feature set). Per-feature standardised mean differences and
-    Holm-adjusted two-sided Mann–Whitney p-values are reported as diagnostics (they do not decide the gate)."""
+                        plan: "AnalysisPlan", data: PrimaryData | None = None) -> GateResult:
+    """Model-free features: (a) the cross-fitted test on all of them (unconstrained: any direction counts),
+    (b) the score-aligned test (when ``data``, the primary scores, is given). Fails when either rejects at α.
+    Per-feature standardised mean differences and Holm-adjusted two-sided Mann–Whitney p-values are reported
+    as diagnostics (they do not decide the gate)."""
     name = "blind_baseline"
     if features is None or features.empty:
         return _gate(name, "not_run", "No model-free image features were stored with this run (features.parquet), "
-                     "so the blind baseline could not be run; results folders written by audit-run contain them.")
+                     "so the blind baseline could not be run; results folders written by audit-run contain them.",
+                     reason="no_features")
     cols = [c for c in features.columns if c not in ("image_id", "role")]
     f = features.drop_duplicates("image_id").set_index("image_id")
     s_ids = [i for i in suspect_ids if i in f.index]
@@ -153,43 +198,82 @@ def blind_baseline_gate(features: pd.DataFrame | None, suspect_ids: list[str], c
     k = crossfit_folds(len(s_ids), len(c_ids), plan.crossfit_folds)
     if k < 2:
         return _gate(name, "not_run", f"The blind baseline needs at least 2 suspects and 2 controls with features "
-                     f"(have {len(s_ids)} and {len(c_ids)}).", n_missing=missing)
+                     f"(have {len(s_ids)} and {len(c_ids)}).", n_missing=missing, reason="too_few")
     S = f.loc[s_ids, cols].to_numpy(dtype=float)
     C = f.loc[c_ids, cols].to_numpy(dtype=float)
     cf = crossfit_test(S, C, plan.crossfit_permutations, plan.crossfit_folds, plan.seed + 101, "greater",
-                       feature_names=cols)
+                       feature_names=cols, nonneg=False, suspect_ids=s_ids, control_ids=c_ids)
     # Diagnostics: which features differ (standardised mean difference, two-sided rank test, Holm), over the
     # features the test used (constant or partly missing ones were left out).
     used = [cols.index(c) for c in cf.features]
     X = np.vstack([S, C])[:, used]
     sd = X.std(axis=0)
     smd = (S[:, used].mean(axis=0) - C[:, used].mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    p_feat = np.array([mann_whitney(S[:, j], C[:, j], "two-sided").p_value for j in used])
+    p_feat = np.array([mann_whitney(S[:, j], C[:, j], "two-sided", n_resamples=999, seed=plan.seed + 102).p_value
+                       for j in used])
     p_holm = holm(p_feat) if len(used) else p_feat
     order = np.argsort(-np.abs(smd))
     per_feature = [{"feature": cols[used[j]], "smd": float(smd[j]), "p_mwu": float(p_feat[j]),
                     "p_holm": float(p_holm[j])} for j in order]
-    p = cf.test.p_value
+    p_omni = cf.test.p_value
     top = ", ".join(d["feature"] for d in per_feature[:3])
-    details = dict(auc=cf.auc, p_value=p, n_suspect=len(s_ids), n_control=len(c_ids), n_missing=missing,
-                   n_permutations=plan.crossfit_permutations, folds=cf.folds, alpha=plan.alpha,
+    details = dict(auc=cf.auc, p_value=p_omni, p_omnibus=p_omni, n_suspect=len(s_ids), n_control=len(c_ids),
+                   n_missing=missing, n_permutations=plan.crossfit_permutations, folds=cf.folds, alpha=plan.alpha,
                    features=list(cf.features), dropped=list(cf.dropped), null=cf.null, per_feature=per_feature,
                    coef=dict(zip(cf.features, cf.coef.tolist())))
-    if p <= plan.alpha:
+    aligned_txt = ""
+    p_aligned = None
+    if data is not None and data.ids.get("suspect") is not None and len(cf.features):
+        # primary score of the works that have features, in the same order as S and C
+        score_of = {}
+        for role in ("suspect", plan.control_role):
+            for i, v in zip(data.ids[role], _primary_score_1d(data, role)):
+                score_of[i] = float(v)
+        if all(i in score_of for i in s_ids + c_ids):
+            Fz = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+            y = np.array([score_of[i] for i in s_ids + c_ids])
+            p_aligned, r2, _ = _score_aligned_blind_test(Fz, y, len(s_ids), plan.crossfit_folds, plan.seed + 103,
+                                                         plan.seed + 104)
+            details.update(p_aligned=p_aligned, r2_aligned=r2)
+            aligned_txt = (f"; the primary score predicted from these features alone (cross-fitted ridge, out-of-fold "
+                           f"R² {r2:.2f}) is {'higher' if p_aligned <= plan.alpha else 'not higher'} for the suspects "
+                           f"(one-sided p = {_fmt(p_aligned, plan.alpha)})")
+    fail_omni = p_omni <= plan.alpha
+    fail_aligned = p_aligned is not None and p_aligned <= plan.alpha
+    details["p_value"] = min(p_omni, p_aligned) if p_aligned is not None else p_omni
+    if fail_omni or fail_aligned:
+        why = []
+        if fail_omni:
+            why.append(f"they separate the suspects from the controls (cross-fitted out-of-fold AUC {cf.auc:.3f}, "
+                       f"p = {_fmt(p_omni, plan.alpha)} ≤ α = {plan.alpha:g}; largest differences: {top})")
+        if fail_aligned:
+            why.append(f"they predict a higher primary score for the suspects than for the controls (p = "
+                       f"{_fmt(p_aligned, plan.alpha)} ≤ α = {plan.alpha:g}, out-of-fold R² "
+                       f"{details['r2_aligned']:.2f})")
         return _gate(name, "fail",
-                     f"Model-free image features alone separate the suspects from the controls (cross-fitted "
-                     f"out-of-fold AUC {cf.auc:.3f}, p = {_fmt(p, plan.alpha)} ≤ α = {plan.alpha:g}; largest differences: {top}). "
-                     "The controls differ from the suspects in ways that have nothing to do with the model, so they "
-                     "are not a valid null for them.", **details)
+                     "Model-free image features alone: " + "; and ".join(why) + ". The controls differ from the "
+                     "suspects in ways that have nothing to do with the model, so they are not a valid null for them.",
+                     **details)
     return _gate(name, "pass",
                  f"Model-free image features do not separate the suspects from the controls (cross-fitted "
-                 f"out-of-fold AUC {cf.auc:.3f}, p = {_fmt(p, plan.alpha)} > α = {plan.alpha:g}).", **details)
+                 f"out-of-fold AUC {cf.auc:.3f}, p = {_fmt(p_omni, plan.alpha)} > α = {plan.alpha:g}){aligned_txt}.",
+                 **details)
 
 
 # ---------------------------------------------------------------------------------------------- placebo
-def placebo_gate(data: PrimaryData, plan: "AnalysisPlan") -> GateResult:
-    """``plan.n_placebo`` random splits of the controls into ``n_suspect`` pseudo-suspects and the rest; the
-    primary test on each; empirical FPR at α with a Clopper–Pearson interval."""
+def _strata_of(strata: dict[str, str] | None, ids: list[str]) -> list[str] | None:
+    if not strata:
+        return None
+    out = [strata.get(i) for i in ids]
+    return None if any(v is None for v in out) else [str(v) for v in out]
+
+
+def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str] | None = None,
+                 stratum_name: str = "artist") -> GateResult:
+    """(a) Implementation check: ``plan.n_placebo`` random splits of the controls into ``n_suspect``
+    pseudo-suspects and the rest, the primary test on each, empirical FPR at α with a Clopper–Pearson
+    interval. (b) Leave-one-stratum-out, when ``strata`` maps control image ids to a stratum (e.g. artist)
+    with ≥ 2 strata: each stratum's controls against the other controls with the primary test."""
     name = "placebo"
     c = data.values.get(plan.control_role)
     n_s, n_c = data.n("suspect"), data.n(plan.control_role)
@@ -204,8 +288,9 @@ def placebo_gate(data: PrimaryData, plan: "AnalysisPlan") -> GateResult:
         k = crossfit_folds(n_s, n_c - n_s, plan.crossfit_folds)
         if k < 2:
             return _gate(name, "not_run", "Too few controls for a cross-fitted placebo split.")
-        stats_ = crossfit_null(Xs, n_s, M, k, plan.seed + 203)
-        ref = crossfit_null(Xs, n_s, plan.crossfit_permutations, k, plan.seed + 204)
+        stats_ = crossfit_null(Xs, n_s, M, k, plan.seed + 203, nonneg=True, fold_seed=plan.seed + 206)
+        ref = crossfit_null(Xs, n_s, plan.crossfit_permutations, k, plan.seed + 204, nonneg=True,
+                            fold_seed=plan.seed + 206)
         pvals = crossfit_pvalues_from_null(stats_, ref, plan.alternative)
         method = (f"each split's out-of-fold AUC is compared with {plan.crossfit_permutations} relabellings of the "
                   "same pooled controls (shared across splits: the pooled data are identical for every split)")
@@ -216,56 +301,104 @@ def placebo_gate(data: PrimaryData, plan: "AnalysisPlan") -> GateResult:
         method = "each split is tested exactly as the suspects are"
     at_alpha = _rate(pvals, plan.alpha, plan.ci_level)
     curve = [_rate(pvals, a, plan.ci_level) for a in sorted(set(PLACEBO_ALPHAS) | {plan.alpha})]
-    details = dict(n_placebo=M, n_pseudo_suspect=n_s, n_pseudo_control=n_c - n_s, p_values=pvals, at_alpha=at_alpha,
-                   curve=curve, method=method, alpha=plan.alpha, ci_level=plan.ci_level)
-    txt = (f"{at_alpha['k']} of {M} random splits of the controls ({n_s} pseudo-suspects vs {n_c - n_s}) were "
-           f"rejected at α = {plan.alpha:g}: empirical false-positive rate {at_alpha['rate']:.3f} "
+    details: dict[str, Any] = dict(
+        n_placebo=M, n_pseudo_suspect=n_s, n_pseudo_control=n_c - n_s, p_values=pvals, at_alpha=at_alpha,
+        curve=curve, method=method, alpha=plan.alpha, ci_level=plan.ci_level,
+        purpose=("Random splits of one control set are exchangeable by construction, so this part checks the "
+                 "implementation and the test's calibration, not whether the controls are a valid null."))
+    txt = (f"Implementation check: {at_alpha['k']} of {M} random splits of the controls ({n_s} pseudo-suspects vs "
+           f"{n_c - n_s}) were rejected at α = {plan.alpha:g}: empirical false-positive rate {at_alpha['rate']:.3f} "
            f"({plan.ci_level * 100:g}% Clopper–Pearson CI {at_alpha['lo']:.3f}–{at_alpha['hi']:.3f})")
-    if at_alpha["lo"] > plan.alpha:
-        return _gate(name, "fail", txt + f", entirely above α: the test is anti-conservative on these controls.",
-                     **details)
-    return _gate(name, "pass", txt + ", consistent with a rate of at most α.", **details)
+    impl_fail = at_alpha["lo"] > plan.alpha
+    txt += (", entirely above α: the test is anti-conservative on these controls" if impl_fail
+            else ", consistent with a rate of at most α")
+    # (b) leave-one-stratum-out
+    strat_fail = False
+    labels = _strata_of(strata, data.ids.get(plan.control_role, []))
+    if labels is not None:
+        groups: dict[str, list[int]] = {}
+        for j, g in enumerate(labels):
+            groups.setdefault(g, []).append(j)
+        rows = []
+        for g in sorted(groups):
+            idx = np.array(groups[g])
+            rest = np.setdiff1d(np.arange(n_c), idx)
+            if idx.size < 2 or rest.size < 2:
+                continue
+            ids_c = data.ids[plan.control_role]
+            t, _ = run_primary(plan, c[idx], c[rest], data.names, seed_offset=207,
+                               s_ids=[ids_c[i] for i in idx], c_ids=[ids_c[i] for i in rest])
+            rows.append({"stratum": g, "n": int(idx.size), "n_rest": int(rest.size), "p_value": float(t.p_value),
+                         "statistic": float(t.statistic), "rejected": bool(t.p_value <= plan.alpha)})
+        if len(rows) >= 2:
+            k_rej = sum(r["rejected"] for r in rows)
+            lo, hi = clopper_pearson(k_rej, len(rows), plan.ci_level)
+            strat_fail = lo > plan.alpha
+            details["strata"] = dict(column=stratum_name, rows=rows, k=k_rej, n=len(rows), lo=lo, hi=hi)
+            txt += (f". Leave-one-{stratum_name}-out: the controls of {k_rej} of {len(rows)} {stratum_name} strata "
+                    f"were rejected against the other controls at α = {plan.alpha:g} (rate {k_rej / len(rows):.2f}, "
+                    f"{plan.ci_level * 100:g}% CI {lo:.2f}–{hi:.2f})")
+            txt += (f", entirely above α: the controls' scores depend on {stratum_name}, so a suspect set of one "
+                    f"{stratum_name} may look member-like for that reason alone; compare suspects with controls of "
+                    f"their own {stratum_name}" if strat_fail else ", consistent with a rate of at most α")
+        else:
+            details["strata"] = dict(column=stratum_name, rows=rows, k=None, n=len(rows))
+            txt += (f". Leave-one-{stratum_name}-out was not run: fewer than 2 {stratum_name} strata have at least 2 "
+                    "controls")
+    else:
+        txt += (f". No stratum (e.g. {stratum_name}) is recorded for the controls, so the check that can detect "
+                "structure in them (leave-one-stratum-out) was not run")
+    return _gate(name, "fail" if (impl_fail or strat_fail) else "pass", txt + ".", **details)
 
 
 # ---------------------------------------------------------------------------------------------- positive control
 def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan") -> GateResult:
-    """Known members in place of the suspects: detection by the primary test (the gate), and power at the
-    suspect set's size by resampling members (single feature) or Noether's approximation (feature set).
-    Known nonmembers, when given, are tested the same way as a negative control (reported, not gating)."""
+    """Known members in place of the suspects: detection by the primary test (the gate), and power measured
+    on subsets of the known members only. Subsets have the suspect set's size when there are at least twice
+    as many members (so the draws differ substantially), otherwise half the members (a lower bound on the
+    power at the suspect set's size); with fewer than 4 members power is not measured. Known nonmembers,
+    when given, are tested the same way as a negative control (reported, not gating)."""
     name = "positive_control"
     m, c = data.values.get("member"), data.values.get(plan.control_role)
     n_m, n_s, n_c = data.n("member"), data.n("suspect"), data.n(plan.control_role)
     if plan.control_role == "member" or n_m < 2 or n_c < 2:
         return _gate(name, "not_run", "No known members (role 'member') were given, so the primary test's power on "
                      "this model could not be measured." if n_m < 2 else "Too few controls for a positive control.")
-    test, cf = run_primary(plan, m, c, data.names, seed_offset=303)
+    ids_m, ids_c = data.ids.get("member"), data.ids.get(plan.control_role)
+    test, cf = run_primary(plan, m, c, data.names, seed_offset=303, s_ids=ids_m, c_ids=ids_c)
     detected = test.p_value <= plan.alpha
     auc = cf.auc if cf is not None else _auc(m, c)
     details: dict[str, Any] = dict(n_member=n_m, n_control=n_c, n_suspect=n_s, p_members=test.p_value,
                                    auc_members=float(auc), detected=bool(detected), alpha=plan.alpha)
     size = max(n_s, 1)
-    if not data.multi:
+    k = size if n_m >= 2 * size else n_m // 2
+    if data.multi:
+        pw_approx = noether_power(auc, size, n_c, plan.alpha, plan.alternative)
+        details.update(power={"rate": pw_approx, "lo": None, "hi": None, "size": size}, power_method="noether")
+        power_txt = (f"at the suspect set's size ({size}) the approximate power (Noether, from the known members' "
+                     f"out-of-fold AUC {auc:.3f}) is {pw_approx * 100:.0f}%")
+    elif k < 2:
+        details.update(power=None, power_method="not_measured")
+        power_txt = (f"power could not be measured: subsets of {n_m} known members would all be nearly the same "
+                     "works (at least 4 are needed)")
+    else:
         R = plan.n_power_resamples
         rng = np.random.default_rng(plan.seed + 304)
-        replace = n_m < size
-        if replace:
-            idx = rng.integers(0, n_m, (R, size))
-        else:
-            idx = np.argsort(rng.random((R, n_m)), axis=1)[:, :size]
+        idx = np.argsort(rng.random((R, n_m)), axis=1)[:, :k]
         pv = _batch_pvalues(plan, m[idx], c, plan.seed + 305)
         pw = _rate(pv, plan.alpha, plan.ci_level)
-        details.update(power=pw, p_values=pv, resamples=R, with_replacement=bool(replace), power_method="resampled")
-        power_txt = (f"drawing {size} of the {n_m} known members {'with' if replace else 'without'} replacement "
-                     f"{R} times, the primary test rejects in {pw['rate'] * 100:.1f}% of draws "
-                     f"(Monte-Carlo {plan.ci_level * 100:g}% CI {pw['lo'] * 100:.1f}–{pw['hi'] * 100:.1f}%)")
-    else:
-        pw_approx = noether_power(auc, size, n_c, plan.alpha, plan.alternative)
-        details.update(power={"rate": pw_approx, "lo": None, "hi": None}, power_method="noether")
-        power_txt = (f"at the suspect set's size ({size}) the approximate power (Noether, from the members' "
-                     f"out-of-fold AUC {auc:.3f}) is {pw_approx * 100:.0f}%")
+        details.update(power={**pw, "size": k}, p_values=pv, resamples=R, with_replacement=False,
+                       power_method="subsampled", subset_size=k)
+        at = (f"at the suspect set's size ({k})" if k == size else
+              f"at {k} works (half the known members; the suspect set has {size}, so this is a lower bound "
+              "for the same effect)")
+        power_txt = (f"drawing {k} of the {n_m} known members {R} times, the primary test rejects in "
+                     f"{pw['rate'] * 100:.1f}% of draws {at} (Monte-Carlo {plan.ci_level * 100:g}% CI "
+                     f"{pw['lo'] * 100:.1f}–{pw['hi'] * 100:.1f}%: simulation noise only, not the uncertainty of "
+                     "which members happened to be known)")
     nm = data.values.get("nonmember")
     if nm is not None and data.n("nonmember") >= 2 and plan.control_role != "nonmember":
-        nt, _ = run_primary(plan, nm, c, data.names, seed_offset=306)
+        nt, _ = run_primary(plan, nm, c, data.names, seed_offset=306, s_ids=data.ids.get("nonmember"), c_ids=ids_c)
         details.update(p_nonmembers=nt.p_value, n_nonmember=data.n("nonmember"))
     if not detected:
         return _gate(name, "fail",
@@ -291,17 +424,24 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- power
+PLANNING_AUCS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
+
+
 def power_gate(effects: list[tuple[str, float]], n_suspect: int, n_control: int, plan: "AnalysisPlan",
                measured: dict[str, Any] | None = None) -> GateResult:
-    """Works needed for ``plan.power_target`` at each measured effect (AUC), with the audit's controls.
+    """Works needed for ``plan.power_target`` at each effect (AUC), with the audit's controls.
 
-    ``effects``: (label, AUC) pairs, e.g. the suspects' AUC and the known members' AUC. Noether's
-    normal approximation for rank tests; for a cross-fitted statistic it is a rough guide.
+    ``effects``: (label, AUC) pairs measured on known members only — never on the suspects (power computed
+    from the suspects' own effect is "observed power", a function of the p-value that adds nothing). With
+    no members, the table is for the planning effects :data:`PLANNING_AUCS`, labelled hypothetical.
+    Noether's normal approximation for rank tests; for a cross-fitted statistic it is a rough guide.
     """
     name = "power"
-    if n_control < 1 or not effects:
-        return _gate(name, "not_run", "No effect could be measured (no controls, or neither suspects nor known "
-                     "members), so no power analysis was run.")
+    if n_control < 1:
+        return _gate(name, "not_run", "There are no controls, so no power analysis was run.")
+    hypothetical = not effects
+    if hypothetical:
+        effects = [(f"hypothetical AUC {a:g}", a) for a in PLANNING_AUCS]
     rows = []
     for label, auc in effects:
         rows.append(dict(effect=label, auc=float(auc),
@@ -312,19 +452,23 @@ def power_gate(effects: list[tuple[str, float]], n_suspect: int, n_control: int,
                                                                           plan.alternative)))
     parts = []
     for r in rows:
+        at = (f"at {r['effect']}" if hypothetical else f"at the effect {r['effect']} (AUC {r['auc']:.3f})")
         if r["n_needed"] is None:
             if r["auc"] <= 0.5:
-                parts.append(f"at the effect {r['effect']} (AUC {r['auc']:.3f}) there is no effect to detect: "
-                             "no number of works suffices")
+                parts.append(f"{at} there is no effect to detect: no number of works suffices")
             else:
-                parts.append(f"at the effect {r['effect']} (AUC {r['auc']:.3f}) {n_control} controls are too few "
-                             f"for {plan.power_target * 100:.0f}% power with any number of suspects; about "
-                             f"{r['controls_needed_balanced']} controls and as many suspects would be needed")
+                parts.append(f"{at} {n_control} controls are too few for {plan.power_target * 100:.0f}% power with "
+                             f"any number of suspects; about {r['controls_needed_balanced']} controls and as many "
+                             "suspects would be needed")
         else:
-            parts.append(f"at the effect {r['effect']} (AUC {r['auc']:.3f}) about {r['n_needed']} suspect works give "
-                         f"{plan.power_target * 100:.0f}% power at α = {plan.alpha:g} with the {n_control} controls"
+            parts.append(f"{at} about {r['n_needed']} suspect works give {plan.power_target * 100:.0f}% power at "
+                         f"α = {plan.alpha:g} with the {n_control} controls"
                          + (f" (this audit has {n_suspect}: approximate power {r['power_at_n'] * 100:.0f}%)"
                             if r["power_at_n"] is not None else ""))
-    summary = "Power (Noether's approximation for rank tests): " + "; ".join(parts) + "."
+    lead = ("Power (Noether's approximation for rank tests). No known members were given, so the effect of "
+            "membership on this model is unknown; for planning only: " if hypothetical else
+            "Power (Noether's approximation for rank tests), from the known members' effect: ")
+    summary = lead + "; ".join(parts) + "."
     return _gate(name, "info", summary, rows=rows, n_suspect=n_suspect, n_control=n_control, alpha=plan.alpha,
-                 target=plan.power_target, alternative=plan.alternative, measured=measured or {})
+                 target=plan.power_target, alternative=plan.alternative, measured=measured or {},
+                 hypothetical=hypothetical)

@@ -30,6 +30,8 @@ __all__ = [
     "StoreyEstimate",
     "mann_whitney",
     "mann_whitney_batch",
+    "mwu_method",
+    "MWU_EXACT_MAX_PAIRS",
     "permutation_test",
     "permutation_pvalues_batch",
     "crossfit_auc",
@@ -65,6 +67,9 @@ class TestResult:
     n_control: int
     alternative: str = "greater"
     n_resamples: int | None = None
+    # How the p-value was computed: "exact", "asymptotic" (normal approximation), "permutation" (Monte Carlo
+    # relabellings, (1+b)/(1+B)); see :func:`mwu_method` for the Mann–Whitney rule.
+    method: str = ""
 
 
 def _as_scores(x: np.ndarray, what: str) -> np.ndarray:
@@ -86,26 +91,80 @@ def _check_alternative(alternative: str) -> str:
     return alternative
 
 
-def mann_whitney(suspect: np.ndarray, control: np.ndarray, alternative: Alternative = "greater") -> TestResult:
-    """Mann–Whitney U test (scipy), one-sided ``alternative='greater'`` by default.
+# Mann–Whitney p-value method (a documented rule, recorded with every result):
+#   * ties anywhere in the pooled scores → permutation of the mid-rank sum (Monte Carlo, seeded,
+#     (1 + #{≥}) / (1 + B)): exactly valid whatever the ties. scipy's "auto" would use the tie-corrected
+#     normal approximation, which is anti-conservative for coarse scores at small n (e.g. 5 suspects /
+#     50 controls with 85% zeros rejected 7.0% at nominal 5% and 0.49% at 0.1%);
+#   * no ties and n_suspect · n_control ≤ MWU_EXACT_MAX_PAIRS → the exact null distribution (scipy);
+#   * no ties and larger samples → the normal approximation with continuity correction (scipy), accurate
+#     at these sizes (the exact computation grows quickly: 200 × 1000 works take minutes).
+MWU_EXACT_MAX_PAIRS = 40_000
+MWU_PERMUTATIONS = 10_000
 
-    ``statistic`` is U of the suspects, i.e. AUC · n_suspect · n_control. scipy picks the exact null
-    distribution for small samples without ties and the tie-corrected normal approximation otherwise.
+
+def _has_ties(x: np.ndarray) -> bool:
+    x = np.sort(np.asarray(x, dtype=float).ravel())
+    return bool(x.size > 1 and (np.diff(x) == 0).any())
+
+
+def mwu_method(suspect: np.ndarray, control: np.ndarray) -> str:
+    """Which p-value :func:`mann_whitney` uses for these samples: "permutation" (ties), "exact" (no ties,
+    n_s·n_c ≤ :data:`MWU_EXACT_MAX_PAIRS`) or "asymptotic" (no ties, larger samples)."""
+    s = np.asarray(suspect, dtype=float).ravel()
+    c = np.asarray(control, dtype=float).ravel()
+    if _has_ties(np.concatenate([s, c])):
+        return "permutation"
+    return "exact" if s.size * c.size <= MWU_EXACT_MAX_PAIRS else "asymptotic"
+
+
+def mann_whitney(suspect: np.ndarray, control: np.ndarray, alternative: Alternative = "greater",
+                 n_resamples: int = MWU_PERMUTATIONS, seed: int = 0) -> TestResult:
+    """Mann–Whitney U test, one-sided ``alternative='greater'`` by default.
+
+    ``statistic`` is U of the suspects, i.e. AUC · n_suspect · n_control (ties count ½). The p-value
+    method follows :func:`mwu_method` and is recorded in ``method``: with ties, ``n_resamples`` seeded
+    relabellings of the pooled mid-ranks (floor 1/(n_resamples+1)); otherwise scipy's exact or normal
+    null distribution.
     """
     s = _as_scores(suspect, "suspect")
     c = _as_scores(control, "control")
-    r = stats.mannwhitneyu(s, c, alternative=_check_alternative(alternative))
-    return TestResult("mann_whitney", float(r.statistic), float(r.pvalue), int(s.size), int(c.size),
-                      alternative=alternative)
+    _check_alternative(alternative)
+    method = mwu_method(s, c)
+    u = float(stats.mannwhitneyu(s, c, alternative=alternative, method="asymptotic").statistic)
+    if method == "permutation":
+        ranks = stats.rankdata(np.concatenate([s, c]))
+        p = float(permutation_pvalues_batch(ranks[None, :s.size], ranks[s.size:], n_resamples, seed, alternative)[0])
+        return TestResult("mann_whitney", u, p, int(s.size), int(c.size), alternative=alternative,
+                          n_resamples=n_resamples, method=method)
+    p = float(stats.mannwhitneyu(s, c, alternative=alternative, method=method).pvalue)
+    return TestResult("mann_whitney", u, p, int(s.size), int(c.size), alternative=alternative, method=method)
 
 
-def mann_whitney_batch(suspects: np.ndarray, controls: np.ndarray, alternative: Alternative = "greater") -> np.ndarray:
+def mann_whitney_batch(suspects: np.ndarray, controls: np.ndarray, alternative: Alternative = "greater",
+                       n_resamples: int = 999, seed: int = 0) -> np.ndarray:
     """p-values of :func:`mann_whitney` for each row of ``suspects`` ``[R, n_s]`` against the matching row of
-    ``controls`` ``[R, n_c]`` (or one shared control vector ``[n_c]``), in one vectorised scipy call."""
+    ``controls`` ``[R, n_c]`` (or one shared control vector ``[n_c]``).
+
+    Same rule as :func:`mann_whitney`, decided per row: rows with ties get a permutation p-value of the
+    mid-rank sum (``n_resamples`` relabellings shared across rows), the others scipy's exact or normal
+    p-value in one vectorised call.
+    """
+    _check_alternative(alternative)
     S = np.atleast_2d(np.asarray(suspects, dtype=float))
     C = np.asarray(controls, dtype=float)
     C = np.broadcast_to(C, (S.shape[0], C.shape[-1])) if C.ndim == 1 else C
-    return np.asarray(stats.mannwhitneyu(S, C, axis=1, alternative=_check_alternative(alternative)).pvalue)
+    pooled = np.sort(np.concatenate([S, C], axis=1), axis=1)
+    tied = (np.diff(pooled, axis=1) == 0).any(axis=1)
+    out = np.empty(S.shape[0])
+    if tied.any():
+        ranks = stats.rankdata(np.concatenate([S[tied], C[tied]], axis=1), axis=1)
+        out[tied] = permutation_pvalues_batch(ranks[:, :S.shape[1]], ranks[:, S.shape[1]:], n_resamples, seed,
+                                              alternative)
+    if (~tied).any():
+        method = "exact" if S.shape[1] * C.shape[1] <= MWU_EXACT_MAX_PAIRS else "asymptotic"
+        out[~tied] = stats.mannwhitneyu(S[~tied], C[~tied], axis=1, alternative=alternative, method=method).pvalue
+    return out
 
 
 def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
@@ -140,7 +199,7 @@ def permutation_test(
     )
     return TestResult(
         "permutation", float(r.statistic), float(r.pvalue), int(s.size), int(c.size), alternative=alternative,
-        n_resamples=n_resamples,
+        n_resamples=n_resamples, method="permutation",
     )
 
 
@@ -252,50 +311,168 @@ def _standardise(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]
     return Xs, [n for n, k in zip(names, keep) if k], [n for n, k in zip(names, keep) if not k]
 
 
-def crossfit_auc(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, C: float = 1.0
-                 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Out-of-fold AUC of an L2 logistic regression (sklearn, balanced class weights).
+def _logistic_batch(X: np.ndarray, Y: np.ndarray, W: np.ndarray, C: float, nonneg: bool,
+                    max_iter: int = 50, tol: float = 1e-9) -> np.ndarray:
+    """Solve many weighted L2 logistic regressions on the same rows at once (projected Newton).
 
-    The data are split into ``folds`` stratified folds (shuffled with ``seed``); a model trained on K−1
-    folds scores the held-out fold. Returns (AUC of the pooled out-of-fold scores, the scores, the
-    fold-averaged coefficients). ``X`` should already be standardised (see :func:`crossfit_test`).
+    ``X`` ``[n, d]``; ``Y`` ``[B, n]`` labels in {0, 1}; ``W`` ``[B, n]`` sample weights (0 = not in this
+    problem's training set). Each problem minimises ½‖β‖² + C · Σᵢ wᵢ log(1 + exp(−ỹᵢ(xᵢβ + b))), ỹ = ±1,
+    with an unpenalised intercept b and, when ``nonneg``, β ≥ 0. The objective is strictly convex in β, so
+    the solution is unique; Newton steps on the free variables (those not held at 0 by a positive
+    gradient: Bertsekas' projected Newton) with a backtracking line search converge in a few iterations.
+    Returns ``[B, d + 1]`` (β, then b).
     """
-    import sklearn
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    from scipy.special import expit
 
+    B, n = Y.shape
+    d = X.shape[1]
+    Xa = np.hstack([X, np.ones((n, 1))])
+    ys = np.where(Y == 1, 1.0, -1.0)
+    reg = np.r_[np.ones(d), 0.0]
+    eye = np.eye(d + 1)
+
+    def objective(th: np.ndarray) -> np.ndarray:
+        z = ys * (th @ Xa.T)
+        return 0.5 * (reg * th * th).sum(axis=1) + C * (W * np.logaddexp(0.0, -z)).sum(axis=1)
+
+    theta = np.zeros((B, d + 1))
+    f = objective(theta)
+    todo = np.ones(B, dtype=bool)
+    for _ in range(max_iter):
+        if not todo.any():
+            break
+        th = theta[todo]
+        z = ys[todo] * (th @ Xa.T)
+        s = expit(-z)
+        g = reg * th + C * ((W[todo] * -ys[todo] * s) @ Xa)
+        H = np.einsum("bn,ni,nj->bij", C * W[todo] * s * (1.0 - s), Xa, Xa) + np.diag(reg)
+        free = np.ones_like(th, dtype=bool)
+        if nonneg:
+            free[:, :d] = ~((th[:, :d] <= 0.0) & (g[:, :d] > 0.0))
+        pg = np.where(free, g, 0.0)
+        conv = np.abs(pg).max(axis=1) <= tol * np.maximum(1.0, np.abs(f[todo]))
+        Hf = np.where(free[:, :, None] & free[:, None, :], H, eye)
+        step = np.linalg.solve(Hf, pg[..., None])[..., 0]
+        t = np.ones(th.shape[0])
+        new = th.copy()
+        accepted = conv.copy()
+        f_old = f[todo]
+        # backtracking line search (Armijo on the projected step)
+        for _ls in range(30):
+            cand = th - t[:, None] * step
+            if nonneg:
+                cand[:, :d] = np.maximum(cand[:, :d], 0.0)
+            zc = ys[todo] * (cand @ Xa.T)
+            fc = 0.5 * (reg * cand * cand).sum(axis=1) + C * (W[todo] * np.logaddexp(0.0, -zc)).sum(axis=1)
+            ok = ~accepted & (fc <= f_old - 1e-4 * (g * (th - cand)).sum(axis=1))
+            new[ok] = cand[ok]
+            f_old = np.where(ok, fc, f_old)
+            accepted |= ok
+            if accepted.all():
+                break
+            t = np.where(accepted, t, t * 0.5)
+        idx = np.flatnonzero(todo)
+        moved = ~conv & accepted
+        theta[idx] = np.where(moved[:, None], new, th)
+        f[idx] = f_old
+        # done: converged, or no decrease possible any more (at the optimum up to rounding)
+        todo[idx[conv | ~accepted]] = False
+    return theta
+
+
+def _fold_patterns(n_pos: int, n_neg: int, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified fold labels: the j-th positive row (in row order) goes to fold ``pos[j]``, the j-th negative
+    to ``neg[j]``. A fixed function of the class sizes and ``seed``, so a relabelled data set is folded by
+    exactly the same rule as the observed one."""
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.arange(n_pos) % folds), rng.permutation(np.arange(n_neg) % folds)
+
+
+def _crossfit_batch(X: np.ndarray, Y: np.ndarray, folds: int, seed: int, C: float, nonneg: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cross-fitted out-of-fold scores for each labelling row of ``Y`` ``[P, n]``: (AUCs ``[P]``, scores
+    ``[P, n]``, fold-averaged coefficients ``[P, d]``)."""
+    P, n = Y.shape
+    d = X.shape[1]
+    n_pos = int(Y[0].sum())
+    pos_pat, neg_pat = _fold_patterns(n_pos, n - n_pos, folds, seed)
+    fold = np.empty((P, n), dtype=int)
+    is_pos = Y == 1
+    rank_pos = np.cumsum(is_pos, axis=1) - 1
+    rank_neg = np.cumsum(~is_pos, axis=1) - 1
+    fold[is_pos] = pos_pat[rank_pos[is_pos]]
+    fold[~is_pos] = neg_pat[rank_neg[~is_pos]]
+    # one problem per (labelling, fold): train on the other folds with balanced class weights
+    train = fold[:, None, :] != np.arange(folds)[None, :, None]  # [P, K, n]
+    Yk = np.broadcast_to(Y[:, None, :], train.shape)
+    n_tr = train.sum(axis=2, keepdims=True)
+    n_tr_pos = (train & (Yk == 1)).sum(axis=2, keepdims=True)
+    w = np.where(Yk == 1, n_tr / (2.0 * n_tr_pos), n_tr / (2.0 * (n_tr - n_tr_pos))) * train
+    theta = _logistic_batch(X, Yk.reshape(P * folds, n), w.reshape(P * folds, n), C, nonneg)
+    beta = theta[:, :d].reshape(P, folds, d)
+    # held-out score: the linear part x·β of the model that did not see the row (no intercept: it would only
+    # shift whole folds against each other)
+    per_fold = np.einsum("pkd,nd->pkn", beta, X)
+    oof = np.take_along_axis(per_fold, fold[:, None, :], axis=1)[:, 0, :]
+    ranks = stats.rankdata(oof, axis=1)
+    aucs = (np.where(is_pos, ranks, 0.0).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
+    return aucs, oof, beta.mean(axis=1)
+
+
+def crossfit_auc(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, C: float = 1.0,
+                 nonneg: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+    """Out-of-fold AUC of an L2 logistic regression with balanced class weights.
+
+    Rows are split into ``folds`` stratified folds (:func:`_fold_patterns`, ``seed``); a model trained on
+    K−1 folds scores the held-out fold with its linear part x·β (the fold's intercept is left out: it does
+    not change the order within a fold and would only add fold-to-fold noise to the pooled scores).
+    Returns (AUC of the pooled out-of-fold scores, the scores, the fold-averaged coefficients). ``X``
+    should already be standardised (see :func:`crossfit_test`).
+
+    ``nonneg=True`` (attack feature sets): every weight is constrained to be ≥ 0, so the combined score can
+    only increase with each member-oriented feature — a suspect set that scores *lower* than the controls
+    cannot produce a large AUC. ``nonneg=False`` (model-free features, where any direction matters):
+    unconstrained.
+    """
     y = np.asarray(y, dtype=int)
-    oof = np.empty(y.size)
-    coefs = []
     if X.shape[1] == 0:
         return 0.5, np.zeros(y.size), np.zeros(0)
-    # Inputs are checked once by the caller; skipping sklearn's per-fit validation halves the cost of the
-    # thousands of fits a permutation null needs.
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        for train, test in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y):
-            yt = y[train]
-            n_pos = int(yt.sum())
-            # balanced class weights (as class_weight="balanced"), passed as sample weights
-            w = np.where(yt == 1, yt.size / (2.0 * n_pos), yt.size / (2.0 * (yt.size - n_pos)))
-            clf = LogisticRegression(C=C, solver="liblinear", random_state=0)
-            clf.fit(X[train], yt, sample_weight=w)
-            oof[test] = X[test] @ clf.coef_[0] + clf.intercept_[0]
-            coefs.append(clf.coef_[0])
-    return _fast_auc(y, oof), oof, np.mean(coefs, axis=0)
+    aucs, oof, coef = _crossfit_batch(np.asarray(X, float), y[None], folds, seed, C, nonneg)
+    return float(aucs[0]), oof[0], coef[0]
 
 
 def crossfit_null(X: np.ndarray, n_pos: int, n_draws: int, folds: int = 5, seed: int = 0, C: float = 1.0,
-                  ) -> np.ndarray:
+                  nonneg: bool = True, fold_seed: int | None = None, chunk: int = 100) -> np.ndarray:
     """Out-of-fold AUCs of :func:`crossfit_auc` for ``n_draws`` random labellings of the rows of the
-    (standardised) ``X`` with ``n_pos`` positives: the permutation null of the cross-fitted statistic."""
+    (standardised) ``X`` with ``n_pos`` positives: the permutation null of the cross-fitted statistic.
+
+    ``seed`` draws the labellings; ``fold_seed`` (default ``seed``) splits the folds — pass the observed
+    statistic's fold seed so that the null re-runs exactly the same procedure."""
+    X = np.asarray(X, float)
     rng = np.random.default_rng(seed)
+    fs = seed if fold_seed is None else fold_seed
     base = np.r_[np.ones(n_pos, dtype=int), np.zeros(X.shape[0] - n_pos, dtype=int)]
-    return np.array([crossfit_auc(X, rng.permutation(base), folds, seed, C)[0] for _ in range(n_draws)])
+    Y = np.stack([rng.permutation(base) for _ in range(n_draws)]) if n_draws else np.zeros((0, base.size), int)
+    if X.shape[1] == 0:
+        return np.full(n_draws, 0.5)
+    out = [_crossfit_batch(X, Y[a:a + chunk], folds, fs, C, nonneg)[0] for a in range(0, n_draws, chunk)]
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def crossfit_folds(n_suspect: int, n_control: int, folds: int) -> int:
     """Folds actually used: at most one suspect (and control) per fold is needed, so K ≤ min(n_s, n_c)."""
     return int(min(folds, n_suspect, n_control))
+
+
+def _canonical_order(X: np.ndarray, ids: list[str] | None) -> np.ndarray:
+    """Row order that does not depend on how the rows were given: by id when known, else by the values."""
+    if ids is not None:
+        if len(ids) != X.shape[0]:
+            raise ValueError(f"{len(ids)} ids for {X.shape[0]} rows")
+        return np.array(sorted(range(len(ids)), key=lambda i: str(ids[i])), dtype=int)
+    if X.shape[0] == 0:
+        return np.zeros(0, dtype=int)
+    return np.lexsort(X.T[::-1]) if X.shape[1] else np.arange(X.shape[0])
 
 
 def crossfit_test(
@@ -307,14 +484,26 @@ def crossfit_test(
     alternative: Alternative = "greater",
     feature_names: list[str] | None = None,
     C: float = 1.0,
+    nonneg: bool = True,
+    suspect_ids: list[str] | None = None,
+    control_ids: list[str] | None = None,
 ) -> CrossfitResult:
     """Cross-fitted aggregation test of suspects vs controls on several features.
 
     Statistic: out-of-fold AUC of :func:`crossfit_auc`. p-value: (1 + #{null ≥ observed}) /
-    (1 + n_permutations), where each null value re-runs the whole cross-fitted procedure (same folds
-    seed, same standardisation) on a random permutation of the suspect/control labels. ``greater`` tests
-    AUC > 0.5 (the classifier separates the sets in the direction it learned on the training folds);
-    ``two-sided`` uses |AUC − ½|. Exactly valid when suspects and controls are exchangeable.
+    (1 + n_permutations), where each null value re-runs the whole cross-fitted procedure (the same fold
+    split, ``seed``; the same standardisation) on a random permutation of the suspect/control labels
+    (drawn with ``seed + 1``). Exactly valid when suspects and controls are exchangeable.
+
+    Direction: with ``nonneg=True`` (the default, for attack scores that are all oriented so that members
+    score higher) the weights are constrained to be ≥ 0, so ``greater`` tests that the suspects score
+    higher on a non-negative combination of the features — a set that scores lower on every feature is
+    not evidence. ``two-sided`` uses |AUC − ½| (AUC < ½ then means the suspects score lower).
+    ``nonneg=False`` fits an unconstrained model (model-free features, where any separation matters).
+
+    Rows are put in a canonical order before folding — by ``suspect_ids`` / ``control_ids`` when given,
+    else by their values — so the p-value does not depend on the order the works were listed in.
+    ``oof_scores`` are returned in the input order.
     """
     _check_alternative(alternative)
     S = np.atleast_2d(np.asarray(suspect_X, dtype=float))
@@ -326,16 +515,21 @@ def crossfit_test(
     if k < 2:
         raise ValueError(f"cross-fitting needs at least 2 suspects and 2 controls (got {n_s} and {n_c})")
     names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(S.shape[1])]
-    Xs, kept, dropped = _standardise(np.vstack([S, Cx]), names)
+    os_, oc = _canonical_order(S, suspect_ids), _canonical_order(Cx, control_ids)
+    order = np.r_[os_, n_s + oc]
+    Xs, kept, dropped = _standardise(np.vstack([S, Cx])[order], names)
     y = np.r_[np.ones(n_s, dtype=int), np.zeros(n_c, dtype=int)]
-    auc, oof, coef = crossfit_auc(Xs, y, k, seed, C)
-    null = crossfit_null(Xs, n_s, n_permutations, k, seed + 1, C)
+    auc, oof_sorted, coef = crossfit_auc(Xs, y, k, seed, C, nonneg)
+    null = crossfit_null(Xs, n_s, n_permutations, k, seed + 1, C, nonneg, fold_seed=seed)
     if alternative == "greater":
         n_ge = int((null >= auc - 1e-12).sum())
     else:
         n_ge = int((np.abs(null - 0.5) >= abs(auc - 0.5) - 1e-12).sum())
     p = (1.0 + n_ge) / (1.0 + n_permutations)
-    test = TestResult("crossfit", float(auc), float(p), n_s, n_c, alternative=alternative, n_resamples=n_permutations)
+    oof = np.empty_like(oof_sorted)
+    oof[order] = oof_sorted
+    test = TestResult("crossfit", float(auc), float(p), n_s, n_c, alternative=alternative, n_resamples=n_permutations,
+                      method="permutation")
     return CrossfitResult(test, float(auc), null, oof, coef, tuple(kept), tuple(dropped), k)
 
 
