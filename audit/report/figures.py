@@ -193,7 +193,7 @@ def positive_control_png(g: GateResult) -> bytes:
     if d.get("p_values") is not None:
         lp = np.log10(np.clip(np.asarray(d["p_values"], dtype=float), 1e-300, 1))
         ax.hist(lp, bins=30, color="#7570b3", alpha=0.6,
-                label=f"{d['resamples']} draws of {d['n_suspect']} known members")
+                label=f"{d['resamples']} draws of {d.get('subset_size', d['n_suspect'])} known members")
         ax.set_ylabel("count")
     ax.axvline(np.log10(d["alpha"]), c="k", ls="--", lw=0.8, label=f"α = {d['alpha']:g}")
     ax.axvline(np.log10(max(d["p_members"], 1e-300)), c="#7570b3", lw=2,
@@ -203,8 +203,8 @@ def positive_control_png(g: GateResult) -> bytes:
                    label=f"all {d['n_nonmember']} nonmembers: p = {d['p_nonmembers']:.3g}")
     pw = d.get("power") or {}
     rate = pw.get("rate")
-    ax.set_title("Positive control" + (f": power {rate * 100:.0f}% at {d['n_suspect']} works" if rate is not None
-                                       else ""), fontsize=9)
+    ax.set_title("Positive control" + (f": power {rate * 100:.0f}% at {pw.get('size', d['n_suspect'])} works"
+                                       if rate is not None else ""), fontsize=9)
     ax.set_xlabel("log10 p-value of the primary test (members in place of suspects)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -220,13 +220,13 @@ def power_png(g: GateResult) -> bytes:
     n_c = d["n_control"]
     top = max([d["n_suspect"] * 4, 20] + [4 * r["n_needed"] for r in d["rows"] if r["n_needed"]])
     ns = np.unique(np.geomspace(1, min(top, 100000), 200).astype(int))
-    for r, colour in zip(d["rows"], ("#d95f02", "#7570b3", "#1b9e77")):
+    for r, colour in zip(d["rows"], ("#d95f02", "#7570b3", "#1b9e77", "#e7298a", "#66a61e")):
         pw = [noether_power(r["auc"], n, n_c, d["alpha"], d["alternative"]) for n in ns]
         ax.plot(ns, pw, c=colour, label=f"{r['effect']} (AUC {r['auc']:.3f})")
     m = d.get("measured") or {}
     if m.get("rate") is not None:
         ax.errorbar([m["n"]], [m["rate"]], yerr=[[m["rate"] - m["lo"]], [m["hi"] - m["rate"]]], fmt="o", c="#7570b3",
-                    ms=4, label="resampled power (known members)")
+                    ms=4, label="subsampled power (known members)")
     ax.axhline(d["target"], c="grey", ls=":", lw=1, label=f"target {d['target'] * 100:.0f}%")
     if d["n_suspect"]:
         ax.axvline(d["n_suspect"], c="k", ls="--", lw=0.8, label=f"this audit: {d['n_suspect']} suspects")

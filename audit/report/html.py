@@ -95,6 +95,13 @@ def plain_summary(result: AuditResult) -> list[str]:
             "work being in the training data. That is not evidence that the works were not used: the test may "
             "be too weak for this model or this number of works (see the power analysis)."
         )
+    elif v.decision == "reject_lower":
+        out.append(
+            f"The {n_s} suspect works score lower than {n_c} comparable works known not to be in the training data "
+            f"(α = {plan.alpha:g}, two-sided p = {format_p(v.p_value, plan.alpha)}). Training on a work makes it "
+            "score higher, not lower, so this is not evidence that any suspect work was used; it suggests that the "
+            "control works differ from the suspects and are not a fair comparison."
+        )
     elif v.decision == "withheld":
         failed = [g for g in result.gates if g.failed]
         out.append(
@@ -135,8 +142,10 @@ def limitations(result: AuditResult) -> list[str]:
         "format, compression, caption length); differences it cannot see — e.g. a change of the artist's style "
         "over time, or controls re-encoded differently — could still bias the comparison. A blind baseline that "
         "does not fire is not proof that the sets are matched, in particular with few suspect works.",
-        "The placebo splits only check the test's calibration on the controls themselves; they cannot detect a "
-        "difference between the suspects and the controls (that is the blind baseline's job).",
+        "The random placebo splits only check the implementation and the test's calibration: splits of one "
+        "control set are exchangeable by construction, so they cannot show that the controls are a valid null. "
+        "The leave-one-stratum-out part (when the controls record an artist or another stratum) can: it tests "
+        "each artist's controls against the others, as a suspect set of one artist would be tested.",
         "A detected difference shows that the model fits the suspect pictures unusually well. It cannot tell "
         "whether the model saw these exact files, other copies or near-duplicates of them (resized, cropped, "
         "re-encoded), or derivative works.",
@@ -144,17 +153,17 @@ def limitations(result: AuditResult) -> list[str]:
         "product is outside this report.",
         "Exploratory results (every attack other than the primary statistic, the second set-level test, "
         "per-attack tables) are not corrected for multiple comparisons and must not be quoted as confirmatory.",
-        "Storey's estimate of the number of member suspects is noisy when there are few suspects (on the demo, "
-        "60 suspects: a standard deviation of about 6 works), it is clipped at zero (so with no members it still "
-        "averages a few), and its interval reflects sampling variability only.",
+        "Storey's estimate of the number of member suspects is noisy when there are few suspects, it is clipped "
+        "at zero (so with no members it still averages a few), and its interval reflects sampling variability "
+        "only.",
     ]
     pc = result.gate("positive_control")
     if pc is None or pc.status == "not_run":
         out.append("No known members were given, so the attacks' power on this model was not measured; a "
                    "non-detection is then hard to interpret.")
-    elif pc.details.get("power_method") == "resampled" and not pc.details.get("with_replacement"):
-        out.append("The positive control's power resamples the same known members many times; its interval is a "
-                   "Monte-Carlo interval and does not reflect which members happened to be known.")
+    elif pc.details.get("power_method") == "subsampled":
+        out.append("The positive control's power draws subsets of the same known members many times; its interval "
+                   "is a Monte-Carlo interval and does not reflect which members happened to be known.")
     if plan.alternative == "greater":
         out.append("The tests are one-sided: suspects scoring lower than the controls count as no evidence.")
     return out
