@@ -22,6 +22,7 @@ opposing party): see :func:`plan_from_values` and :mod:`audit.verify`.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class RunData:
     metadata: dict[str, Any] = field(default_factory=dict)
     config_yaml: str = ""
     features: pd.DataFrame | None = None  # model-free features (blind baseline); None for older folders
+    complete: bool = True  # False: the folder has no completion marker (an interrupted or failed run)
 
 
 def package_versions() -> dict[str, str]:
@@ -88,7 +90,13 @@ def read_run(out_dir: str | Path) -> RunData:
     d = Path(out_dir)
     if not (d / SCORES).is_file():
         raise FileNotFoundError(f"{d} is not an audit results folder (no {SCORES})")
+    complete = (d / COMPLETE).is_file()
+    if not complete:
+        logging.getLogger(__name__).warning(
+            "%s is an unfinished run: no %s marker (interrupted, failed, or written before runs were sealed); "
+            "check it with audit-verify", d, COMPLETE)
     return RunData(
+        complete=complete,
         scores=ScoreTable(pd.read_parquet(d / SCORES)),
         images=pd.read_parquet(d / IMAGES) if (d / IMAGES).is_file() else pd.DataFrame(),
         rejected=read_json(d / REJECTED, []),

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> Path:
 if __name__ == "__main__":
     try:
         main()
-    except RegenerationRefused as e:
+    except (RegenerationRefused, ValueError, FileNotFoundError) as e:  # user errors: one line, exit 2
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"report.py: {e}", file=sys.stderr)

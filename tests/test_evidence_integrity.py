@@ -3,6 +3,7 @@ a killed run resumes without recomputing, small audits work (issue 11)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -190,8 +191,15 @@ def test_unfinished_folder_is_reported_and_not_regenerated_silently(tmp_path, ca
     folder = make_folder(tmp_path / "run", seal=False)
     assert verify.main([str(folder), "--no-recompute"]) == 1
     assert "unfinished" in capsys.readouterr().out
+    assert io.read_run(folder).complete is False and io.read_run(make_folder(tmp_path / "sealed")).complete
     with pytest.raises(ValueError, match="unfinished"):
         report_script.main([str(folder), "--formats", "html"])
+    # as a command: one line on stderr, exit status 2, nothing written
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(folder)], capture_output=True,
+                          text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()][-1].startswith("report.py: ")
+    assert not (folder / io.COMPLETE).exists() and not (folder / io.REGENERATED).exists()
 
 
 def test_audit_verify_console_script(sealed):
