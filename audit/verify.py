@@ -35,6 +35,7 @@ import pandas as pd
 from audit import io
 
 FORMAT = "audit-checksums/1"
+SIGNATURE = "checksums.json.sig"  # optional Ed25519 signature of checksums.json (base64), see sign()
 
 #: Row keys of the tables whose rows are digested one by one (a missing column is left out of the key).
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
@@ -64,7 +65,7 @@ def _sealable(folder: Path) -> list[str]:
         dirnames.sort()
         for name in filenames:
             rel = (Path(dirpath) / name).relative_to(folder).as_posix()
-            if rel in (io.CHECKSUMS, io.COMPLETE) or name.endswith(_UNSEALED_SUFFIXES) or name.endswith(".tmp"):
+            if rel in (io.CHECKSUMS, io.COMPLETE, SIGNATURE) or name.endswith(_UNSEALED_SUFFIXES) or name.endswith(".tmp"):
                 continue
             out.append(rel)
     return sorted(out)
@@ -277,16 +278,85 @@ def _brief(x: Any) -> str:
     return s if len(s) <= 80 else s[:77] + "..."
 
 
+# ------------------------------------------------------------------------ optional Ed25519 seal
+def keygen(path: Path) -> Path:
+    """Write a new Ed25519 private key to ``path`` (PEM, mode 0600) and its public key to ``path.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; refusing to overwrite a key")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    pub = path.with_name(path.name + ".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return pub
+
+
+def sign(folder: str | Path, private_key: Path) -> Path:
+    """Sign the folder's ``checksums.json`` with an Ed25519 key (after it verifies): ``checksums.json.sig``.
+    Anyone holding the public key can then check that no sealed file changed since the expert signed."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    d = Path(folder)
+    key = serialization.load_pem_private_key(Path(private_key).read_bytes(), password=None)
+    sig = key.sign((d / io.CHECKSUMS).read_bytes())
+    out = d / SIGNATURE
+    out.write_text(base64.b64encode(sig).decode() + "\n")
+    return out
+
+
+def check_signature(folder: str | Path, public_key: Path) -> str | None:
+    """None if ``checksums.json.sig`` is a valid signature of ``checksums.json`` under ``public_key``, else why not."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    d = Path(folder)
+    if not (d / SIGNATURE).is_file():
+        return f"no signature ({SIGNATURE}) to check against the public key"
+    pub = serialization.load_pem_public_key(Path(public_key).read_bytes())
+    try:
+        pub.verify(base64.b64decode((d / SIGNATURE).read_text().strip()), (d / io.CHECKSUMS).read_bytes())
+    except (InvalidSignature, ValueError):
+        return f"{SIGNATURE} is not a valid signature of {io.CHECKSUMS} under {public_key}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="audit-verify", description="Check a results folder: every SHA-256 of its "
                                  "seal, every table row, and the analysis recomputed from its scores.")
     ap.add_argument("folder", type=Path, help="a results folder written by audit-run (or scripts/report.py)")
     ap.add_argument("--no-recompute", action="store_true", help="check the hashes only (skip the analysis)")
+    ap.add_argument("--public-key", type=Path, help="also check the folder's Ed25519 signature with this key (PEM)")
+    ap.add_argument("--sign", type=Path, metavar="PRIVATE_KEY",
+                    help="after a successful verification, sign checksums.json with this Ed25519 key (PEM)")
+    ap.add_argument("--keygen", action="store_true",
+                    help="write a new Ed25519 key pair: FOLDER is then the private key's path (public: .pub)")
     args = ap.parse_args(argv)
+    if args.keygen:
+        print(f"public key: {keygen(args.folder)}")
+        return 0
     if not args.folder.is_dir():
         print(f"audit-verify: {args.folder} is not a folder", file=sys.stderr)
         return 2
     v = verify(args.folder, recompute=not args.no_recompute)
+    if args.public_key is not None:
+        bad = check_signature(args.folder, args.public_key)
+        if bad:
+            v.problems.append(bad)
+        else:
+            v.notes.append(f"signature valid under {args.public_key}")
+    if v.ok and args.sign is not None:
+        print(f"signed: {sign(args.folder, args.sign)}")
     if v.ok:
         print(v.summary())
         print(f"checksums.json SHA-256: {v.checksums_sha256}")

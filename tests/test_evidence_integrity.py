@@ -246,3 +246,24 @@ def test_one_suspect_against_twenty_controls_end_to_end(memorized_ddpm, tmp_path
     assert work["p_conformal"] == pytest.approx(1 / 21)
     assert "Only one suspect work" in html and "at least 2 suspect works" in html
     assert verify.verify(out).ok
+
+
+def test_ed25519_signature_seals_a_verified_folder(sealed, tmp_path, capsys):
+    pytest.importorskip("cryptography")
+    folder = _copy(sealed, tmp_path / "run")
+    key = tmp_path / "expert.pem"
+    assert verify.main([str(key), "--keygen"]) == 0
+    pub = tmp_path / "expert.pem.pub"
+    assert verify.main([str(folder), "--no-recompute", "--sign", str(key)]) == 0
+    assert verify.main([str(folder), "--no-recompute", "--public-key", str(pub)]) == 0
+    # an edit followed by a reseal passes the hashes but not the signature
+    df = pd.read_parquet(folder / io.SCORES)
+    _edit_score(df).to_parquet(folder / io.SCORES, index=False)
+    verify.seal(folder)
+    capsys.readouterr()
+    assert verify.main([str(folder), "--no-recompute"]) == 0
+    assert verify.main([str(folder), "--no-recompute", "--public-key", str(pub)]) == 1
+    assert "not a valid signature" in capsys.readouterr().out
+    other = tmp_path / "other.pem"
+    verify.keygen(other)
+    assert verify.check_signature(sealed, pub) is not None  # an unsigned folder has nothing to check
