@@ -7,7 +7,10 @@ Conventions every attack follows:
   (run seed, image SHA-256, tag), so a score does not depend on batch size, order or which other
   images are in the run, and two attacks asking for the same tag get the same draws;
 - attacks only call the target's component API (``predict_noise``, ``add_noise``, ``ddim_step``) and
-  declare how many denoiser evaluations per image they cost; tests count the real calls.
+  its diffusion process (``target.process``: conversions, the training objective, schedules), and
+  declare how many denoiser evaluations per image they cost; tests count the real calls;
+- each attack declares the diffusion processes (``vp``, ``flow``) and, where it matters, the model
+  families it supports; on any other target ``check_target`` refuses in one line before any work.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ from audit.targets.base import Target
 
 class AttackSetupError(ValueError):
     """The attack cannot run on this target; the message is one line saying why."""
+
+
+PROCESS_NAMES = {"vp": "variance-preserving (DDPM/DDIM)", "flow": "flow-matching"}
 
 
 class NoiseSource:
@@ -91,9 +97,41 @@ class Attack(abc.ABC):
     name: ClassVar[str] = "attack"
     paper: ClassVar[str] = ""
     access: ClassVar[str] = "gray"  # "white" (weights/gradients), "gray" (denoiser outputs), "black" (generations)
+    #: diffusion processes the attack's maths holds for (see audit/diffusion)
+    processes: ClassVar[tuple[str, ...]] = ("vp", "flow")
+    #: model families it supports (None: every family whose process is supported)
+    families: ClassVar[tuple[str, ...] | None] = None
+    #: one line saying why the unsupported ones are not (shown in the refusal)
+    support_note: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every check_target starts with the support check, so no entry point can skip it.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("check_target")
+        if own is not None and not getattr(own, "_checks_support", False):
+            def check_target(self: "Attack", target: Target, _own: Callable = own) -> None:
+                self.check_support(target)
+                _own(self, target)
+
+            check_target._checks_support = True  # type: ignore[attr-defined]
+            check_target.__doc__ = own.__doc__
+            cls.check_target = check_target  # type: ignore[method-assign]
+
+    def check_support(self, target: Target) -> None:
+        """Refuse, in one line, a target whose process or family the attack does not support."""
+        kind = getattr(getattr(target, "process", None), "kind", "vp")
+        family = getattr(target, "family", "") or "this"
+        why = f" ({self.support_note})" if self.support_note else ""
+        if kind not in self.processes:
+            wanted = " or ".join(PROCESS_NAMES.get(p, p) for p in self.processes)
+            raise AttackSetupError(f"{self.name} supports {wanted} models; the {family} target is "
+                                   f"{PROCESS_NAMES.get(kind, kind)}{why}")
+        if self.families is not None and getattr(target, "family", "") not in self.families:
+            raise AttackSetupError(f"{self.name} supports the {', '.join(self.families)} families, not {family}{why}")
 
     def check_target(self, target: Target) -> None:
         """Raise :class:`AttackSetupError` with a one-line reason if the target cannot be attacked."""
+        self.check_support(target)
 
     @abc.abstractmethod
     def evaluations_per_image(self) -> int:
@@ -116,9 +154,10 @@ class Attack(abc.ABC):
                 "backward_passes_per_image": self.backward_passes_per_image(), "params": self.params()}
 
     def _check_prediction_type(self, target: Target, label: str) -> None:
-        """Attacks that read ε̂ need a model whose output converts to ε (ε-, v- or x0-prediction)."""
-        if target.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise AttackSetupError(f"{label} needs an ε-, v- or x0-prediction model, got {target.prediction_type!r}")
+        """Attacks that read ε̂ need a model whose output converts to ε (ε-, v-, x0-prediction or flow velocity)."""
+        if target.prediction_type not in ("epsilon", "v_prediction", "sample", "flow"):
+            raise AttackSetupError(
+                f"{label} needs an ε-, v-, x0- or velocity-prediction model, got {target.prediction_type!r}")
 
     def _check_timesteps(self, target: Target, timesteps: Sequence[int]) -> None:
         bad = [t for t in timesteps if not 0 <= int(t) < target.num_train_timesteps]

@@ -115,6 +115,9 @@ class Calibrated(Attack):
         ref = self.reference_target()
         self.attack.check_target(target)
         self.attack.check_target(ref)
+        if ref.process.kind != target.process.kind:
+            raise AttackSetupError(f"{self.name}: the reference is a {ref.process.kind} model but the target a "
+                                   f"{target.process.kind} one; calibrate against the fine-tune's own base model")
         if ref.info.resolution != target.info.resolution:
             raise AttackSetupError(
                 f"{self.name}: the reference works at {ref.info.resolution} px but the target at "

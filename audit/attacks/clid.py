@@ -26,6 +26,11 @@ without the scaling (both terms are MSEs of the same ε). The principled way to 
 loss here is to score both (``loss`` and ``clid``) and let the analysis stage's cross-fitted
 aggregation weigh them; ``alpha = 1`` (the default) is the pure discrepancy.
 
+Every text-conditional family: the losses are the model's training objective from its process (ε-MSE
+for VP models, velocity MSE for flow models such as SD3 and Flux). On Flux dev, a guidance-distilled
+model, every prediction carries the adapter's fixed distilled guidance value (``target.guidance``), so
+the discrepancy compares conditions at that guidance, not an unguided likelihood.
+
 Sharing: the true-caption ε̂ uses LossAttack's noise tags and keys (``eps/t{t}/k{k}``), and the null-text
 ε̂ uses the ``"null"`` conditioning key, so in a suite with ``loss`` (or ``wen`` with ``start=image``) at
 the same timesteps those evaluations are made once.
@@ -124,10 +129,11 @@ class CLiD(Attack):
                 tag = f"eps/t{t}/k{k}"  # LossAttack's tag: same draw, shared ε̂ with the true caption
                 eps = batch.noise(tag)
                 x_t = lambda eps=eps, t=t: target.add_noise(x0, eps, t)  # noqa: E731
-                full = (batch.eps_hat(target, f"fwd/{tag}", x_t, t) - eps).pow(2).flatten(1).mean(1)
+                err = target.process.objective_error  # ε for VP, velocity for flow models
+                full = err(batch.eps_hat(target, f"fwd/{tag}", x_t, t), eps, t).pow(2).flatten(1).mean(1)
                 loss += full
                 for key, cond in weak:
                     pred = batch.eps_hat(target, f"fwd/{tag}", x_t, t, cond_key=key, cond=cond)
-                    gap += (pred - eps).pow(2).flatten(1).mean(1) - full
+                    gap += err(pred, eps, t).pow(2).flatten(1).mean(1) - full
         n = len(self.timesteps) * self.n_noise
         return self.alpha * gap / (n * len(weak)) - (1.0 - self.alpha) * loss / n

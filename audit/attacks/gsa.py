@@ -94,10 +94,10 @@ class GSA(Attack):
 
     def check_target(self, target: Target) -> None:
         self._check_timesteps(target, self.timesteps)
-        unet = getattr(target, "unet", None)
+        unet = getattr(target, "denoiser", None)
         if not isinstance(unet, torch.nn.Module) or not any(True for _ in unet.parameters()):
             raise AttackSetupError(
-                "GSA needs white-box access: a target exposing its denoiser's parameters (target.unet)"
+                "GSA needs white-box access: a target exposing its denoiser's parameters (target.denoiser)"
             )
 
     def evaluations_per_image(self) -> int:
@@ -111,11 +111,11 @@ class GSA(Attack):
     # ------------------------------------------------------------------ features
     def groups(self, target: Target) -> list[str]:
         """Feature names, in the column order of :meth:`features`."""
-        return list(dict.fromkeys(_group_name(n, self.group_by) for n, _ in target.unet.named_parameters()))
+        return list(dict.fromkeys(_group_name(n, self.group_by) for n, _ in target.denoiser.named_parameters()))
 
     def features(self, target: Target, batch: Batch) -> torch.Tensor:
         """``[B, F]`` gradient L2 norms, one column per group of :meth:`groups`."""
-        unet = target.unet
+        unet = target.denoiser
         named = list(unet.named_parameters())
         params = [p for _, p in named]
         names = self.groups(target)
@@ -138,7 +138,8 @@ class GSA(Attack):
                     if batch.cond is not None:
                         cond = batch.cond[i : i + 1].clone().expand(k, *batch.cond.shape[1:])
                     pred = target.predict_noise(target.add_noise(x0, eps, ts), ts, cond)
-                    losses = (pred - eps).pow(2).flatten(1).mean(1)  # [K]
+                    # the model's training loss (ε-MSE for VP, velocity MSE for flow), per timestep: [K]
+                    losses = target.process.objective_error(pred, eps, ts).pow(2).flatten(1).mean(1)
                     if self.variant == 1:
                         rows.append(self._group_norms(losses.mean(), params, owner, len(names)))
                     else:

@@ -121,9 +121,9 @@ class PFAMI(Attack):
                 tag = f"eps/t{t}/k{k}"
                 eps = batch.noise(tag)
                 pred = batch.eps_hat(target, f"fwd/{tag}", lambda: target.add_noise(x0, eps, t), t)
-                base = (pred - eps).pow(2).flatten(1).mean(1)
+                base = target.process.objective_error(pred, eps, t).pow(2).flatten(1).mean(1)
                 for s, xs in perturbed.items():
                     pred_s = batch.eps_hat(target, f"pfami/zoom{s!r}/{tag}", lambda: target.add_noise(xs, eps, t), t)
-                    diff = (pred_s - eps).pow(2).flatten(1).mean(1) - base
+                    diff = target.process.objective_error(pred_s, eps, t).pow(2).flatten(1).mean(1) - base
                     total += diff / base.clamp_min(1e-12) if self.relative else diff
         return total / (len(self.strengths) * len(self.timesteps) * self.n_noise)

@@ -10,6 +10,13 @@ randomness. PIAN first normalises ε₀ so its entries look like standard-normal
 "normal" variant, meant for models with a stochastic sampler, e.g. DDPM); the paper reports it works
 less well than PIA on most models — we keep it because it is part of the published method.
 
+Flow-matching models (SD3, Flux): the maths carries over through ε̂ = x_t + (1 − σ) v̂. ε₀ is the noise
+endpoint the model predicts near the clean end (at ``process.clean_t``, σ = 0.01, from the path's
+noise-free point (1 − σ) x0: at σ = 0 exactly the input says nothing about the noise), x_t lies on the
+straight path from x0 to ε₀, and ε̂(x_t, t) − ε₀ = (1 − σ)(v̂(x_t, t) − v̂₀) + O(σ₀): the attack measures
+whether the model's velocity is constant along its own straight trajectory — the flow analogue of a
+consistent DDIM trajectory. PIAN is VP-only (its normalisation targets stochastic DDPM sampling).
+
 Measured here (``scripts/attack_regimes.py``): on a DDPM that overfits a few hundred works, PIA beats
 the loss attack at a third of its cost, as the paper reports. On a model that has collapsed onto a
 handful of training images, ε_θ(x0, 0) of a *non-member* becomes self-consistent (it points from the
@@ -25,6 +32,19 @@ import torch
 
 from audit.attacks.base import Attack, Batch
 from audit.targets.base import Target
+
+
+def clean_end_eps(target: Target, batch: Batch, t: int | None = None) -> torch.Tensor:
+    """ε̂ queried at the clean end of the trajectory (``process.clean_t`` unless ``t`` is given), memoised.
+
+    VP models: ε_θ(x0, 0), as published (key ``"x0"``). Flow models: ε̂ at the path's noise-free point
+    (1 − σ) x0 (see the module docstring).
+    """
+    process = target.process
+    t = process.clean_t if t is None else int(t)
+    if process.kind == "vp":
+        return batch.eps_hat(target, "x0", lambda: batch.x0, t)
+    return batch.eps_hat(target, f"clean/t{t}", lambda: process.clean_query(batch.x0, t), t)
 
 
 @dataclass
@@ -54,7 +74,7 @@ class PIA(Attack):
 
     def score(self, target: Target, batch: Batch) -> torch.Tensor:
         x0 = batch.x0
-        eps0 = batch.eps_hat(target, "x0", lambda: x0, 0)  # shared by PIA and PIAN
+        eps0 = clean_end_eps(target, batch)  # shared by PIA, PIAN and SimA (at its default t)
         if self.normalize:
             # match E|z| = sqrt(2/pi) of a standard normal, per image
             scale = math.sqrt(2.0 / math.pi) / eps0.abs().flatten(1).mean(1).clamp_min(1e-12)
@@ -70,4 +90,6 @@ class PIAN(PIA):
     """PIA with ε₀ normalised to standard-normal scale (see module docstring)."""
 
     name = "pian"
+    processes = ("vp",)
+    support_note = "PIAN's normalisation is meant for stochastic DDPM sampling; use pia on flow models"
     normalize: bool = True

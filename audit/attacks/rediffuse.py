@@ -11,8 +11,9 @@ noise, averages them and scores the distance of the average to the original (sma
 
     x̂ = (1/n) Σ_i V_θ(x0, t; ε_i),     score = −D(x̂, x0).
 
-The variation interface is :func:`img2img`, built only from the target's component API (forward
-noising + deterministic DDIM steps); reconstruction attacks reuse it.
+The variation interface is :func:`audit.diffusion.loops.img2img`, built only from the target's process
+(forward noising + deterministic steps: DDIM for VP models, the flow ODE's Euler steps for flow
+models); reconstruction reuses it.
 
 Distance (``space``): the paper compares what the API returns, i.e. images. For a pixel-space DDPM
 that is the reconstruction itself (the paper uses the squared L2 distance there); for a latent model
@@ -32,43 +33,13 @@ from dataclasses import dataclass
 import torch
 
 from audit.attacks.base import Attack, AttackSetupError, Batch
+from audit.diffusion.base import DiffusionProcess
+from audit.diffusion.loops import img2img
 from audit.targets.base import Target
 
 SPACES = ("pixel", "diffusion")
-
-
-def img2img_timesteps(t: int, steps: int) -> list[int]:
-    """The ``steps`` evenly spaced timesteps an img2img run from ``t`` evaluates: t, …, ≈ t/steps."""
-    t, steps = int(t), int(steps)
-    if steps < 1 or t < 0 or (t > 0 and steps > t):
-        raise ValueError(f"img2img needs 1 ≤ steps ≤ t (or t = 0, steps = 1), got t={t}, steps={steps}")
-    return [round(t * (steps - i) / steps) for i in range(steps)]
-
-
-def img2img(
-    target: Target,
-    x0: torch.Tensor,
-    noise: torch.Tensor,
-    t: int,
-    steps: int,
-    cond: torch.Tensor | None = None,
-    *,
-    first_eps: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """An image variation (SDEdit-style img2img, deterministic sampler): noise to ``t``, DDIM back to clean.
-
-    x_t = √ᾱ_t x0 + √(1−ᾱ_t) ``noise``, then ``steps`` deterministic DDIM steps (η = 0) through the
-    timesteps of :func:`img2img_timesteps`, the last one straight to the clean image. Returns the
-    reconstruction in the diffusion space (decode it for latent targets). Costs ``steps`` denoiser
-    evaluations per image, one fewer when ``first_eps`` (ε̂(x_t, t, cond), already computed elsewhere)
-    is given.
-    """
-    ts = img2img_timesteps(t, steps)
-    x = target.add_noise(x0, noise, int(t))
-    for i, (s, s_next) in enumerate(zip(ts, ts[1:] + [-1])):
-        eps = first_eps if i == 0 and first_eps is not None else target.predict_noise(x, s, cond)
-        x = target.ddim_step(x, eps, s, s_next)
-    return x
+img2img_timesteps = DiffusionProcess.img2img_timesteps
+__all__ = ["ReDiffuse", "img2img", "img2img_timesteps"]
 
 
 @dataclass

@@ -27,7 +27,10 @@ memorised its works (8 works, 600 steps); with moderate memorisation (20 works, 
 separates (0.41–0.61, CI covering 0.5) while the loss-based attacks and CLiD do. Large models that
 memorise duplicated prompts are the paper's regime; use ``start: noise`` to reproduce it.
 
-Scores are higher for larger magnitudes (member-like). Text-conditional targets only.
+Scores are higher for larger magnitudes (member-like). Text-conditional targets only; on flow models the
+walk uses the scheduler's shifted schedule and flow-ODE steps. Flux dev is guidance-distilled: it never
+runs classifier-free guidance, so ε̂(x_t, c) − ε̂(x_t, ∅) is a conditional-vs-empty-prompt discrepancy at
+its fixed distilled guidance, not the guidance direction the paper measures.
 """
 from __future__ import annotations
 
@@ -42,17 +45,13 @@ from audit.targets.base import Target
 STARTS = ("noise", "image")
 
 
-def sampling_timesteps(target: Target, num_inference_steps: int) -> list[int]:
-    """The DDIM sampling schedule for ``num_inference_steps`` steps, from the target's own scheduler config.
+def sampling_timesteps(target: Target, num_inference_steps: int) -> list:
+    """The sampling schedule for ``num_inference_steps`` steps, from the target's own scheduler config.
 
-    The target's scheduler is not touched (``set_timesteps`` mutates a scheduler); as in the paper, the
-    schedule is DDIM's whatever scheduler class the model ships with.
+    VP models: DDIM's schedule (as in the paper, whatever scheduler class the model ships with); flow
+    models: the flow scheduler's shifted schedule. The target's scheduler object is not touched.
     """
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler.from_config(target.scheduler.config)
-    sched.set_timesteps(int(num_inference_steps))
-    return [int(t) for t in sched.timesteps]
+    return target.process.scheduler_timesteps(int(num_inference_steps))
 
 
 @dataclass

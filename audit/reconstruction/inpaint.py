@@ -6,9 +6,9 @@ denoiser through the Target API, so it works for unconditional pixel DDPMs and f
 models alike. Going down a strided schedule t_1 > … > t_S:
 
     unknown  ← one DDIM step of x_t to t_next with ε̂_θ(x_t, t, c)       (the model's guess)
-    known    ← √ᾱ_next x0 + √(1−ᾱ_next) ε                                (the artwork, noised to t_next)
+    known    ← a_next x0 + s_next ε                                      (the artwork, noised to t_next)
     x_next   ← m ⊙ unknown + (1 − m) ⊙ known
-    and, ``resample − 1`` times, jump back to t (x_t = √(ᾱ_t/ᾱ_next) x_next + √(1 − ᾱ_t/ᾱ_next) z) and
+    and, ``resample − 1`` times, jump back to t (a sample of q(x_t | x_next), ``process.renoise``) and
     repeat the step, so the generated part harmonises with the known part (RePaint's resampling, jump
     length one stride).
 
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from audit.attacks.base import NoiseSource
 from audit.reconstruction.config import MASK_KINDS, InpaintConfig
-from audit.reconstruction.sampling import ddim_move, guided_eps, sampling_timesteps
+from audit.diffusion.loops import guided_eps
+from audit.reconstruction.sampling import ddim_move
 from audit.targets.base import Target
 
 __all__ = ["make_masks", "latent_mask", "repaint"]
@@ -93,7 +94,7 @@ def repaint(
     m = mask.to(x0.device, torch.float32)
     shape = tuple(x0.shape[1:])
     clip = bool(target.scheduler.config.get("clip_sample", False)) and target.info.kind == "pixel"
-    ts = sampling_timesteps(target.num_train_timesteps, cfg.steps)
+    ts = list(target.process.sampling_timesteps(cfg.steps))
     x = noise.randn(f"{tag}/init", shape, x0.device)
     for i, (t, t_next) in enumerate(zip(ts, ts[1:] + [-1])):
         for u in range(int(cfg.resample)):
@@ -103,8 +104,7 @@ def repaint(
             known = x0 if t_next < 0 else target.add_noise(x0, noise.randn(f"{tag}/known/{i}/{u}", shape, x0.device), t_next)
             x_next = m * unknown + (1 - m) * known
             if u < int(cfg.resample) - 1 and t_next >= 0:
-                ratio = target.alpha_bar(t, x_next) / target.alpha_bar(t_next, x_next)
-                x = ratio.sqrt() * x_next + (1 - ratio).sqrt() * noise.randn(f"{tag}/renoise/{i}/{u}", shape, x0.device)
+                x = target.process.renoise(x_next, noise.randn(f"{tag}/renoise/{i}/{u}", shape, x0.device), t_next, t)
             else:
                 break
         x = x_next

@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from audit.attacks.base import NoiseSource
-from audit.attacks.rediffuse import img2img
+from audit.diffusion.loops import img2img
 from audit.reconstruction.config import ReconstructionConfig
 from audit.reconstruction.figures import EvidenceRow, Panel, grid_png, masked_preview, row_png, save_png_image
 from audit.reconstruction.inpaint import latent_mask, make_masks, repaint
@@ -428,8 +428,8 @@ def _inpaint_all(target, ev, cfg, seed, progress, stats, hashes, per_art, materi
 
 # ---------------------------------------------------------------------------------------------- img2img
 def img2img_timestep(target: Target, strength: float) -> int:
-    """Strength in (0, 1] → the diffusion timestep the artwork is noised to."""
-    return max(1, min(target.num_train_timesteps - 1, round(float(strength) * target.num_train_timesteps)))
+    """Strength in (0, 1] → the diffusion timestep the artwork is noised to (the target's process decides)."""
+    return target.process.img2img_timestep(strength)
 
 
 def _img2img_all(target, ev, cfg, seed, progress, stats, hashes, per_art, material):

@@ -3,7 +3,8 @@
 Every generated image has its own integer seed. The starting noise of image ``i`` is
 ``torch.randn(shape, generator=torch.Generator().manual_seed(seeds[i]))`` drawn on the CPU (so every
 device starts from the same numbers); with the default η = 0 the DDIM sampler (Song et al., ICLR 2021)
-is deterministic from there. A :class:`GenerationRecord` (written to ``reconstruction.json``) holds
+is deterministic from there (for flow models: Euler steps of the flow ODE on the scheduler's shifted
+schedule, through the target's process). A :class:`GenerationRecord` (written to ``reconstruction.json``) holds
 everything that determines the images — prompt, seeds, steps, timesteps, guidance scale, η, batch
 size, the target's fingerprint — and :func:`regenerate` turns it back into the same images.
 
@@ -19,6 +20,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from audit.diffusion.loops import guided_eps, move
 from audit.targets.base import Target
 
 __all__ = [
@@ -36,10 +38,11 @@ __all__ = [
 
 
 def sampling_timesteps(num_train_timesteps: int, steps: int, start: int | None = None) -> list[int]:
-    """``steps`` evenly spaced timesteps from ``start`` (default T−1, pure noise) down towards 0.
+    """``steps`` evenly spaced timesteps from ``start`` (default T−1, pure noise) down towards 0 (VP models).
 
-    The sampler then moves from the last one straight to the clean image (t = −1 in
-    :meth:`Target.alpha_bar`).
+    The sampler then moves from the last one straight to the clean image (t = −1). Kept for callers
+    with a bare T; a target's own schedule is ``target.process.sampling_timesteps(steps)`` (for flow
+    models the scheduler's shifted schedule).
     """
     start = num_train_timesteps - 1 if start is None else int(start)
     steps = int(steps)
@@ -67,49 +70,20 @@ def diffusion_shape(target: Target) -> tuple[int, ...]:
         return tuple(int(s) for s in target.encode(torch.zeros(1, 3, res, res)).shape[1:])
 
 
-def guided_eps(
-    target: Target,
-    x: torch.Tensor,
-    t: int,
-    cond: torch.Tensor | None,
-    uncond: torch.Tensor | None,
-    guidance_scale: float,
-) -> torch.Tensor:
-    """ε̂(x_t, t) with classifier-free guidance ε̂_∅ + w (ε̂_c − ε̂_∅) when ``uncond`` is given and w ≠ 1."""
-    if cond is None or uncond is None or float(guidance_scale) == 1.0:
-        return target.predict_noise(x, t, cond)
-    e = target.predict_noise(torch.cat([x, x]), t, torch.cat([uncond, cond]))
-    e_u, e_c = e.chunk(2)
-    return e_u + float(guidance_scale) * (e_c - e_u)
-
-
 def ddim_move(
     target: Target,
     x: torch.Tensor,
     eps: torch.Tensor,
-    t: int,
-    t_next: int,
+    t: Any,
+    t_next: Any,
     *,
     eta: float = 0.0,
     clip_x0: bool = False,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One DDIM step t → t_next < t (Song et al., eq. 12), optionally stochastic (η > 0) and with x̂0 clipped.
-
-    With η = 0 and no clipping this is :meth:`Target.ddim_step`. ``noise`` (needed when η > 0) is the
-    fresh N(0, I) draw of this step.
-    """
-    x0 = target.pred_x0(x, eps, t)
-    if clip_x0:
-        x0 = x0.clamp(-1.0, 1.0)
-    ab_t = target.alpha_bar(t, x)
-    ab_n = target.alpha_bar(t_next, x)
-    if eta > 0:
-        if noise is None:
-            raise ValueError("eta > 0 needs a noise draw for the step")
-        sigma = eta * ((1 - ab_n) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_n).sqrt()
-        return ab_n.sqrt() * x0 + (1 - ab_n - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise.to(x)
-    return ab_n.sqrt() * x0 + (1 - ab_n).sqrt() * eps
+    """One sampler step t → t_next < t: :func:`audit.diffusion.loops.move` (DDIM for VP, η > 0 allowed
+    there; the flow ODE's Euler step for flow models)."""
+    return move(target, x, eps, t, t_next, eta=eta, clip_x0=clip_x0, noise=noise)
 
 
 def to_pixels(target: Target, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +107,7 @@ class GenerationRecord:
     prompt: str | None  # None for unconditional targets
     seeds: list[int]
     steps: int
-    timesteps: list[int]
+    timesteps: list[float]  # integers for VP models; the scheduler's float timesteps for flow models
     guidance_scale: float
     eta: float
     clip_x0: bool
@@ -172,7 +146,7 @@ class GenerationRecord:
             prompt=prompt if target.conditional else None,
             seeds=generation_seeds(seed, prompt if target.conditional else None, n),
             steps=int(steps),
-            timesteps=sampling_timesteps(target.num_train_timesteps, steps),
+            timesteps=list(target.process.sampling_timesteps(steps)),
             guidance_scale=float(guidance_scale) if target.conditional else 1.0,
             eta=float(eta),
             clip_x0=clip,
@@ -202,7 +176,7 @@ def generate(
     regenerate the whole record (the default), as the audit generated it.
     """
     idx = list(range(len(record.seeds))) if indices is None else [int(i) for i in indices]
-    ts = [int(t) for t in record.timesteps]
+    ts = [int(t) if float(t).is_integer() else float(t) for t in record.timesteps]
     shape = tuple(record.shape)
     cond = uncond = None
     out: list[torch.Tensor] = []

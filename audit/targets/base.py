@@ -13,12 +13,15 @@ from typing import Any, Sequence
 
 import torch
 
+from audit.diffusion.base import DiffusionProcess, make_process
+from audit.diffusion.vp import VariancePreserving
+
 
 @dataclass(frozen=True)
 class TargetInfo:
     """What the report says about the model under audit."""
 
-    kind: str  # "pixel" (unconditional DDPM-style) or "latent" (Stable-Diffusion layout)
+    kind: str  # "pixel" (the denoiser works on pixels) or "latent" (on VAE latents)
     source: str  # hub id or local path as given by the user
     resolution: int  # pixel resolution the model was trained at
     conditional: bool
@@ -28,6 +31,8 @@ class TargetInfo:
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     lora: tuple[str, ...] = ()
     classes: dict[str, str] = field(default_factory=dict)  # component -> class name
+    family: str = ""  # registry name of the adapter (audit.targets.families)
+    process: dict[str, Any] = field(default_factory=dict)  # the diffusion process, as read from the scheduler
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,27 +46,35 @@ class TargetInfo:
             "files": dict(self.files),
             "lora": list(self.lora),
             "classes": dict(self.classes),
+            "family": self.family,
+            "process": dict(self.process),
         }
 
 
 class Target(abc.ABC):
     """A diffusion model under audit, seen through its components.
 
-    Subclasses implement :meth:`encode`, :meth:`encode_text` and :meth:`_model_output`; everything
-    else (noising, epsilon conversion, DDIM steps, evaluation counting) is shared.
+    Subclasses (one file per model family, see :mod:`audit.targets.families`) implement :meth:`encode`,
+    :meth:`encode_text` and :meth:`_model_output` and expose the denoiser as :attr:`denoiser`;
+    everything else (noising, ε̂ conversion, deterministic steps, evaluation counting) comes from the
+    target's :attr:`process` (:mod:`audit.diffusion`), read from the model's own scheduler config.
     """
 
     info: TargetInfo
+    #: registry name of the model family ("pixel", "sd", "sdxl", "sd3", "flux", "pixart")
+    family: str = ""
 
-    def __init__(self, scheduler: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, scheduler: Any, device: torch.device, dtype: torch.dtype,
+                 process: DiffusionProcess | None = None) -> None:
         self.scheduler = scheduler
         self.device = torch.device(device)
         self.dtype = dtype
-        cfg = scheduler.config
-        # Keep the schedule in float64 on the CPU; index it per call (cheap) to avoid device drift.
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64).cpu()
-        self.prediction_type: str = cfg.get("prediction_type", "epsilon")
-        self.num_train_timesteps: int = int(cfg.get("num_train_timesteps", len(self.alphas_cumprod)))
+        self.process: DiffusionProcess = process if process is not None else make_process(scheduler)
+        if isinstance(self.process, VariancePreserving):
+            # float64 on the CPU, as the process indexes it (kept as an attribute for reports and tests)
+            self.alphas_cumprod = self.process.alphas_cumprod
+        self.prediction_type: str = self.process.prediction_type
+        self.num_train_timesteps: int = self.process.num_train_timesteps
         #: number of denoiser evaluations (per image) made so far; attacks' declared costs are checked against it
         self.unet_evals: int = 0
 
@@ -71,14 +84,19 @@ class Target(abc.ABC):
         """Images in [-1, 1], ``[B, 3, H, W]`` at ``info.resolution`` → x0 in the diffusion space."""
 
     @abc.abstractmethod
-    def encode_text(self, captions: Sequence[str]) -> torch.Tensor | None:
+    def encode_text(self, captions: Sequence[str]) -> Any:
         """Text conditioning for the denoiser (``None`` for unconditional models)."""
 
     @abc.abstractmethod
-    def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """Raw denoiser output in the model's own parameterisation."""
+    def _model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """Raw denoiser output in the model's own parameterisation, shaped like ``x_t``."""
 
-    # ------------------------------------------------------------------ shared maths
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network the process queries (a UNet or a transformer)."""
+        return self.unet
+
+    # ------------------------------------------------------------------ shared maths (via the process)
     @property
     def conditional(self) -> bool:
         return self.info.conditional
@@ -88,53 +106,35 @@ class Target(abc.ABC):
         return self.info.fingerprint
 
     def alpha_bar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-        """ᾱ_t broadcast to ``like``'s shape; t < 0 means the clean image (ᾱ = 1), as in DDIM's last step."""
-        t = self._timesteps(t, like.shape[0])
-        ab = torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0).cpu()], torch.ones((), dtype=torch.float64))
-        return ab.to(device=like.device, dtype=torch.float32).view(-1, *([1] * (like.dim() - 1)))
+        """ᾱ_t broadcast to ``like``'s shape (variance-preserving models only); t < 0 → 1."""
+        if not isinstance(self.process, VariancePreserving):
+            raise TypeError(f"alpha_bar is defined for variance-preserving models; this one is {self.process.kind!r}")
+        return self.process.alpha_bar(t, like)
 
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """Forward process q(x_t | x_0): √ᾱ_t x0 + √(1−ᾱ_t) ε."""
-        ab = self.alpha_bar(t, x0)
-        return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: Any) -> torch.Tensor:
+        """Forward process q(x_t | x_0): a(t) x0 + s(t) ε (√ᾱ_t, √(1−ᾱ_t) for VP; 1−σ, σ for flow)."""
+        return self.process.add_noise(x0, noise, t)
 
-    def predict_noise(
-        self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def predict_noise(self, x_t: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
         """ε̂_θ(x_t, t, c) in float32, whatever the model's prediction type.
 
         Each call counts ``B`` denoiser evaluations in :attr:`unet_evals`.
         """
-        t = self._timesteps(t, x_t.shape[0])
+        t = self.process.timestep_tensor(t, x_t.shape[0])
         out = self._model_output(x_t.to(self.device, self.dtype), t.to(self.device), cond).float()
         x_t = x_t.to(out.device, torch.float32)
         self.unet_evals += int(x_t.shape[0])
-        if self.prediction_type == "epsilon":
-            return out
-        ab = self.alpha_bar(t, x_t)
-        if self.prediction_type == "v_prediction":
-            return ab.sqrt() * out + (1.0 - ab).sqrt() * x_t
-        if self.prediction_type == "sample":
-            return (x_t - ab.sqrt() * out) / (1.0 - ab).sqrt()
-        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        return self.process.to_eps(out, x_t, t)
 
-    def pred_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        ab = self.alpha_bar(t, x_t)
-        return (x_t - (1.0 - ab).sqrt() * eps) / ab.sqrt()
+    def pred_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: Any) -> torch.Tensor:
+        return self.process.pred_x0(x_t, eps, t)
 
-    def ddim_step(
-        self, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | int, t_next: torch.Tensor | int
-    ) -> torch.Tensor:
-        """Deterministic DDIM (η = 0) move from t to t_next given ε̂ at t.
+    def ddim_step(self, x_t: torch.Tensor, eps: torch.Tensor, t: Any, t_next: Any) -> torch.Tensor:
+        """Deterministic move from t to t_next given ε̂ at t (DDIM η = 0; the flow ODE's Euler step).
 
-        Works in both directions: t_next < t denoises, t_next > t is DDIM inversion (Song et al. 2021).
+        Works in both directions: t_next < t denoises, t_next > t inverts (Song et al. 2021).
         """
-        x0 = self.pred_x0(x_t, eps, t)
-        ab_next = self.alpha_bar(t_next, x_t)
-        return ab_next.sqrt() * x0 + (1.0 - ab_next).sqrt() * eps
+        return self.process.step(x_t, eps, t, t_next)
 
-    def _timesteps(self, t: torch.Tensor | int, batch: int) -> torch.Tensor:
-        if isinstance(t, torch.Tensor):
-            t = t.to(torch.long).cpu()
-            return t.expand(batch) if t.dim() == 0 else t
-        return torch.full((batch,), int(t), dtype=torch.long)
+    def _timesteps(self, t: Any, batch: int) -> torch.Tensor:
+        return self.process.timestep_tensor(t, batch)

@@ -15,16 +15,14 @@ import json
 import os
 import re
 from pathlib import Path
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 
 from audit.targets.base import Target, TargetInfo
-from audit.targets.models import LatentTarget, PixelTarget
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-PIXEL_PIPELINES = {"DDPMPipeline", "DDIMPipeline", "PNDMPipeline", "ScoreSdeVePipeline"}
-LATENT_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"}
 
 
 class TargetLoadError(RuntimeError):
@@ -162,10 +160,76 @@ def _load_lora_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+_LORA_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def _diffusers_lora_layout(pipe: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA state dict in the diffusers/peft key layout (``unet.<module>.lora_A.weight``), whatever its file used.
+
+    kohya / A1111 files (``lora_unet_…lora_down.weight`` with per-module ``alpha``) are converted by the
+    pipeline's own ``lora_state_dict`` (diffusers' converters for SD, SDXL, SD3, Flux); a per-module
+    alpha is folded into the up-projection (W + (α/r) B A = W + (α/r · B) A), so the converted adapter
+    loads at scale 1 and is exactly the file's adapter.
+    """
+    if all(k.split(".", 1)[0] in _LORA_COMPONENTS for k in state):
+        return state
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    try:
+        out = pipe.lora_state_dict(dict(state), return_alphas=True)
+    except TypeError:  # pipelines whose lora_state_dict has no return_alphas
+        out = pipe.lora_state_dict(dict(state))
+    converted, alphas = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
+    converted = dict(converted)
+    for key, alpha in (alphas or {}).items():
+        down = key[: -len(".alpha")] if key.endswith(".alpha") else key
+        for d, u in ((".down.weight", ".up.weight"), (".lora_A.weight", ".lora_B.weight")):
+            if down.endswith(d):
+                up = down[: -len(d)] + u
+                break
+        else:
+            down, up = down + ".lora_A.weight", down + ".lora_B.weight"
+        if down in converted and up in converted:
+            rank = converted[down].shape[0]
+            converted[up] = converted[up] * (float(alpha) / rank)
+    if any(".processor." in k or "_lora.down." in k for k in converted):  # the older attention-processor layout
+        converted = convert_unet_state_dict_to_peft(converted)
+    return converted
+
+
+def _choose_family(index: dict[str, Any], kind: str, family: str | None, source: str):
+    """The registered family for this folder: forced by ``family`` / ``kind``, else from ``_class_name``."""
+    from audit.targets.registry import family_for_pipeline, family_named, supported_families
+
+    if family:
+        fam = family_named(family)
+        if fam is None:
+            raise TargetLoadError(f"unknown target.family {family!r}; supported: {supported_families()}")
+        return fam
+    if kind in ("pixel", "latent"):  # the older switch: pixel DDPM or the SD 1.x/2.x layout
+        return family_named("pixel" if kind == "pixel" else "sd")
+    if kind != "auto":
+        raise TargetLoadError(f"unknown target kind {kind!r}; choose auto, pixel or latent (or set target.family)")
+    pipe_class = index.get("_class_name", "")
+    fam = family_for_pipeline(pipe_class)
+    if fam is None and not pipe_class.startswith(("StableDiffusionXL", "StableDiffusion3", "Flux", "PixArt")):
+        # folders written by other tools sometimes name no (or a custom) pipeline: recognise the two classic layouts
+        if "unet" in index and "vae" not in index and "text_encoder" not in index:
+            fam = family_named("pixel")
+        elif {"unet", "vae", "text_encoder", "tokenizer"} <= set(index) and "text_encoder_2" not in index:
+            fam = family_named("sd")
+    if fam is None:
+        raise TargetLoadError(f"cannot audit {source}: pipeline {pipe_class!r} is not a supported family; "
+                              f"supported: {supported_families()}")
+    return fam
+
+
 def load_target(
     source: str,
     *,
     kind: str = "auto",
+    family: str | None = None,
+    config: str | None = None,
     revision: str | None = None,
     lora: Sequence[str] | str | None = None,
     lora_scale: float = 1.0,
@@ -174,76 +238,87 @@ def load_target(
     allow_pickle: bool = False,
     device: str = "auto",
     dtype: str = "float32",
+    resolution: int | None = None,
+    guidance: float | None = None,
 ) -> Target:
     """Load a model under audit.
 
     Args:
-        source: local diffusers folder (``save_pretrained`` layout) or a hub id.
-        kind: ``auto`` (from ``model_index.json``), ``pixel`` (unconditional UNet2DModel) or ``latent``
-            (Stable-Diffusion layout).
+        source: local diffusers folder (``save_pretrained`` layout), a hub id, or a single-file checkpoint
+            (``.safetensors`` as shared by A1111 / civitai; needs ``config``).
+        kind: ``auto`` (the family from ``model_index.json``), ``pixel`` or ``latent`` (SD 1.x/2.x layout).
+        family: force a registered family (``pixel``, ``sd``, ``sdxl``, ``sd3``, ``flux``, ``pixart``).
+        config: for a single-file ``source``: the diffusers folder or hub id whose configs (and any
+            components the file lacks) describe the model; its ``model_index.json`` names the family.
         revision: hub revision (commit hash recommended for evidence).
-        lora: LoRA weights to apply (folder, ``.safetensors`` file, or hub id), fused at ``lora_scale``.
+        lora: LoRA weights to apply (folder, ``.safetensors`` file, or hub id), fused at ``lora_scale``;
+            diffusers/peft and kohya / A1111 key layouts (diffusers converts the latter).
         lora_strict: every module a LoRA file names must exist in the model, else the load is
             refused in one line; ``False`` applies the matching part and labels the LoRA ``[PARTIAL: ...]``.
         local_files_only: never touch the network (also implied by ``HF_HUB_OFFLINE=1``).
         allow_pickle: accept pickle-based weight files. Off by default: pickles can execute code.
         device, dtype: where and in which precision the model runs.
+        resolution: pixel resolution for families whose config does not fix one (Flux; default 1024).
+        guidance: Flux dev's distilled guidance value (default: the pipeline's 3.5); ignored elsewhere.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
-    folder = _resolve_folder(str(source), revision, local_files_only, allow_pickle)
-    _check_no_pickle(folder, allow_pickle)
+    single = Path(str(source)).expanduser()
+    single_file = single.is_file()
+    if single_file:
+        if single.suffix in PICKLE_SUFFIXES and not allow_pickle:
+            raise TargetLoadError(f"refusing pickle checkpoint {single.name}; convert to safetensors or set allow_pickle")
+        if config in (None, "", "???"):
+            raise TargetLoadError(f"{single.name} is a single-file checkpoint: set target.config to the diffusers "
+                                  "folder or hub id of its model (its configs describe the architecture)")
+        folder = _resolve_folder(str(config), revision, local_files_only, allow_pickle)
+    else:
+        folder = _resolve_folder(str(source), revision, local_files_only, allow_pickle)
+        _check_no_pickle(folder, allow_pickle)
     index = json.loads((folder / "model_index.json").read_text())
-    pipe_class = index.get("_class_name", "")
-    if kind == "auto":
-        if pipe_class in PIXEL_PIPELINES or ("unet" in index and "vae" not in index and "text_encoder" not in index):
-            kind = "pixel"
-        elif pipe_class in LATENT_PIPELINES or {"unet", "vae", "text_encoder", "tokenizer"} <= set(index):
-            kind = "latent"
-        else:
-            raise TargetLoadError(
-                f"cannot tell the model kind of {source} (pipeline {pipe_class!r}); set target.kind to pixel or latent"
-            )
-    if kind == "latent":
-        missing = sorted({"unet", "vae", "text_encoder", "tokenizer", "scheduler"} - set(index))
-        if missing:
-            raise TargetLoadError(
-                f"{source} is not a Stable-Diffusion-layout model: model_index.json lacks {missing}"
-            )
+    fam = _choose_family(index, kind, family, str(source))
+    missing = sorted(set(fam.required) - set(index))
+    if missing:
+        raise TargetLoadError(f"{source} is not a {fam.title} model: model_index.json lacks {missing}")
     files = hash_folder(folder)
+    if single_file:
+        files = {**{f"config/{k}": v for k, v in files.items()}, f"single_file/{single.name}": sha256_file(single)}
     lora_specs = [lora] if isinstance(lora, str) else list(lora or [])
 
-    from diffusers import DiffusionPipeline
+    import diffusers
 
+    pipe_cls = getattr(diffusers, fam.pipeline_class)
     common: dict[str, Any] = {"local_files_only": True, "use_safetensors": None if allow_pickle else True}
     try:
-        if kind == "pixel":
-            pipe = DiffusionPipeline.from_pretrained(folder, **common)
-        elif kind == "latent":
-            from diffusers import StableDiffusionPipeline
-
-            pipe = StableDiffusionPipeline.from_pretrained(
-                folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **common
-            )
+        if single_file:
+            if not fam.single_file or not hasattr(pipe_cls, "from_single_file"):
+                raise TargetLoadError(f"single-file checkpoints are not supported for {fam.title} models; "
+                                      "give a diffusers folder")
+            pipe = pipe_cls.from_single_file(str(single), config=str(folder), local_files_only=True, **fam.load_kwargs)
         else:
-            raise TargetLoadError(f"unknown target kind {kind!r}; choose auto, pixel or latent")
+            pipe = pipe_cls.from_pretrained(folder, **fam.load_kwargs, **common)
     except TargetLoadError:
         raise
     except Exception as e:
-        raise TargetLoadError(f"could not load {source} as a {kind} model: {e}") from e
+        raise TargetLoadError(f"could not load {source} as a {fam.title} model: {e}") from e
 
     lora_names: list[str] = []
     if lora_specs:
-        if kind != "latent":
-            raise TargetLoadError("LoRA adapters are supported for latent (Stable-Diffusion layout) targets")
+        if not hasattr(pipe, "load_lora_weights"):
+            raise TargetLoadError(f"LoRA adapters are not supported for {fam.title} targets (diffusers has no LoRA "
+                                  "loader for this pipeline)")
         names = []
         for i, spec in enumerate(lora_specs):
             path = _resolve_lora_file(str(spec), allow_pickle, local_files_only)
             files[f"lora/{i}/{path.name}"] = sha256_file(path)
             name = f"audit_lora_{i}"
-            from audit.lora_check import apply_lora_checked  # every key must map (lora_strict)
+            try:
+                from audit.lora_check import apply_lora_checked  # every key must map (lora_strict)
 
-            partial = apply_lora_checked(pipe, _load_lora_state(path), name, path.name, strict=lora_strict)
+                state = _diffusers_lora_layout(pipe, _load_lora_state(path))  # kohya / A1111 → peft keys
+                partial = apply_lora_checked(pipe, state, name, path.name, strict=lora_strict)
+            except Exception as e:
+                raise TargetLoadError(f"could not apply LoRA {spec!r} to this {fam.title} model: {e}") from e
             names.append(name)
             lora_names.append(str(spec) + partial)  # a partial adapter says so wherever it is named
         pipe.set_adapters(names, adapter_weights=[lora_scale] * len(names))
@@ -251,9 +326,6 @@ def load_target(
         pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
         pipe.unload_lora_weights()
 
-    unet = pipe.unet
-    res = unet.config.sample_size
-    res = res[0] if isinstance(res, (list, tuple)) else res
     classes = {k: type(v).__name__ for k, v in pipe.components.items() if v is not None}
     common_info = dict(
         source=str(source),
@@ -264,10 +336,15 @@ def load_target(
         files=files,
         lora=tuple(lora_names),
         classes=classes,
+        family=fam.name,
     )
-    if kind == "pixel":
-        info = TargetInfo(kind="pixel", resolution=int(res), conditional=False, **common_info)
-        return PixelTarget(unet, pipe.scheduler, info, dev, dt)
-    vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    info = TargetInfo(kind="latent", resolution=int(res) * vae_scale, conditional=True, **common_info)
-    return LatentTarget(unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, info, dev, dt)
+    options = {"resolution": resolution, "guidance": guidance}
+    try:
+        target = fam.build(pipe, dev, dt, common_info, options)
+    except ValueError as e:
+        raise TargetLoadError(f"could not set up {source} as a {fam.title} target: {e}") from e
+    target.family = fam.name
+    # the info records the process as the adapter resolved it (e.g. Flux's dynamic shift at this resolution)
+    target.info = replace(target.info, prediction_type=target.process.prediction_type,
+                          process=target.process.describe())
+    return target

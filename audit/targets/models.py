@@ -1,4 +1,6 @@
-"""Concrete targets: unconditional pixel-space DDPMs and latent text-to-image (Stable Diffusion layout)."""
+"""Concrete targets of the two classic families: unconditional pixel-space DDPMs and Stable Diffusion 1.x/2.x.
+
+The registry entries are in audit/targets/families/pixel.py and sd.py; newer families live there too."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -18,6 +20,8 @@ def _place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 class PixelTarget(Target):
     """An unconditional pixel-space diffusion model (``UNet2DModel`` + scheduler), e.g. a DDPM."""
+
+    family = "pixel"
 
     def __init__(self, unet: Any, scheduler: Any, info: TargetInfo, device: torch.device, dtype: torch.dtype):
         super().__init__(scheduler, device, dtype)
@@ -40,6 +44,8 @@ class LatentTarget(Target):
     Latents are ``vae.encode(x).latent_dist.mean × vae.config.scaling_factor`` (the posterior mean, so
     encoding is deterministic; the attacks add their own seeded noise).
     """
+
+    family = "sd"
 
     def __init__(
         self,
