@@ -40,6 +40,9 @@ from audit.stats.tests import (
     min_controls_for,
     permutation_test,
     storey_estimate,
+    stratified_conformal_pvalues,
+    true_discovery_bound,
+    van_elteren_test,
 )
 from audit.types import ROLES, ScoreTable
 
@@ -54,15 +57,18 @@ __all__ = [
     "analyze",
     "collapse_scores",
     "format_p",
+    "resolve_strata",
+    "composition",
 ]
 
-TestName = Literal["auto", "mann_whitney", "permutation", "crossfit"]
+TestName = Literal["auto", "mann_whitney", "permutation", "crossfit", "van_elteren"]
 
 # How each test is named in verdict sentences and the report (one-sided form; see test_label()).
 TEST_LABELS: dict[str, str] = {
     "mann_whitney": "one-sided Mann–Whitney U",
     "permutation": "one-sided permutation test on the difference in means",
     "crossfit": "cross-fitted logistic-regression aggregation (out-of-fold AUC, permutation null)",
+    "van_elteren": "one-sided stratified rank test (van Elteren; permutation within strata)",
 }
 
 
@@ -103,9 +109,13 @@ class AnalysisPlan:
     n_placebo: int = 1000  # random placebo splits of the controls
     n_power_resamples: int = 1000  # member resamples for the positive control's measured power
     power_target: float = 0.8  # power the power analysis solves for
-    # Manifest column(s) that stratify the works (e.g. artist). The placebo gate's leave-one-stratum-out check
-    # uses the first; without it that check uses the `artist` column when the image table has one.
+    # Manifest column that stratifies the works (e.g. artist): the set-level test compares suspects with controls
+    # of their own stratum only (van Elteren's stratified rank test, or within-stratum permutations for a feature
+    # set), and per-artwork p-values use the controls of the work's own stratum. One column.
     strata: tuple[str, ...] | None = None
+    # Stratify by `artist` automatically when the manifest has that column and every suspect's artist has
+    # controls (resolved by resolve_strata before the plan is recorded, so the recorded plan says so).
+    auto_strata: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -120,10 +130,20 @@ class AnalysisPlan:
         if feats is not None and self.primary_attack is not None and self.primary_attack not in feats:
             raise ValueError(f"primary_attack {self.primary_attack!r} is not in the feature set {list(feats)}")
         test = self.test
+        if test not in TEST_LABELS and test != "auto":
+            raise ValueError(f"test must be one of {['auto', *TEST_LABELS]}, got {self.test!r}")
+        strata = tuple(str(s) for s in self.strata) if self.strata else None
+        if strata is not None and len(strata) != 1:
+            raise ValueError(f"strata takes one manifest column (e.g. [artist]), got {list(strata)}")
+        if strata and not feats and test in ("auto", "mann_whitney"):
+            test = "van_elteren"  # the stratified form of the rank test
+        if strata and test == "permutation":
+            raise ValueError("with strata the single-attack test is van Elteren's stratified rank test "
+                             "(test=auto or mann_whitney); test=permutation is not stratified")
+        if test == "van_elteren" and not strata:
+            raise ValueError("test=van_elteren needs strata (e.g. stats.strata=[artist])")
         if test == "auto":
             test = "crossfit" if feats else "mann_whitney"
-        if test not in TEST_LABELS:
-            raise ValueError(f"test must be one of {['auto', *TEST_LABELS]}, got {self.test!r}")
         if feats and test != "crossfit":
             raise ValueError(f"a feature set is tested with test=crossfit (or auto), not {test!r}")
         if not feats and test == "crossfit":
@@ -149,7 +169,6 @@ class AnalysisPlan:
         # Accept lists from a YAML config but store tuples, so the plan stays hashable and frozen.
         object.__setattr__(self, "gates", gates)
         object.__setattr__(self, "fpr_levels", tuple(float(f) for f in self.fpr_levels))
-        strata = tuple(str(s) for s in self.strata) if self.strata else None
         object.__setattr__(self, "strata", strata)
 
     @property
@@ -197,7 +216,12 @@ class AttackResult:
     artworks: list[ArtworkResult] = field(default_factory=list)  # suspects, most member-like first
     n_flagged_holm: int = 0
     min_controls_per_artwork: int | None = None  # controls needed for any Holm flag at α
-    storey: StoreyEstimate | None = None  # estimated number of member suspects (Storey's π̂₀)
+    storey: StoreyEstimate | None = None  # estimated number of member suspects (Storey's π̂₀; exploratory)
+    # "at least k of the n suspects were in the training data" with confidence 1 − α: closed testing with Simes
+    # local tests on the per-artwork p-values (Goeman & Solari 2011); n = the suspects with a p-value
+    members_lower_bound: int | None = None
+    n_bound: int = 0
+    n_without_pvalue: int = 0  # suspects with no control of their own stratum (stratified plans)
 
 
 @dataclass(frozen=True)
@@ -232,6 +256,8 @@ class AuditResult:
     gates: list[GateResult] = field(default_factory=list)
     plan_sha256: str = ""
     plan_recorded_sha256: str | None = None  # as recorded in the run before scoring, when known
+    # role × stratum counts of the works analysed: {"column": ..., "rows": [{"stratum", "suspect", ...}]}
+    composition: dict[str, Any] | None = None
 
     def gate(self, name: str) -> GateResult | None:
         return next((g for g in self.gates if g.name == name), None)
@@ -314,7 +340,7 @@ def _fmt_pct(f: float) -> str:
 
 
 def _analyze_attack(
-    attack: str, df: pd.DataFrame, plan: AnalysisPlan, primary: bool
+    attack: str, df: pd.DataFrame, plan: AnalysisPlan, primary: bool, strata: dict[str, str] | None = None
 ) -> tuple[AttackResult, list[str]]:
     by_role = {r: df.loc[df["role"] == r, "score"].to_numpy(dtype=float) for r in ROLES}
     s, c = by_role["suspect"], by_role[plan.control_role]
@@ -332,21 +358,42 @@ def _analyze_attack(
         res.tpr_suspect_control = [tpr_at_fpr(s, c, f, **boot) for f in plan.fpr_levels]
 
         ids = df.loc[df["role"] == "suspect", "image_id"].tolist()
-        p = conformal_pvalues(s, c)
+        c_ids = df.loc[df["role"] == plan.control_role, "image_id"].tolist()
+        if plan.strata and strata is not None:
+            s_st, c_st = _strata_of_ids(strata, ids, plan), _strata_of_ids(strata, c_ids, plan)
+            try:
+                res.set_tests["van_elteren"] = van_elteren_test(s, c, s_st, c_st, plan.n_permutations, plan.seed,
+                                                                plan.alternative)
+            except ValueError as e:
+                notes.append(f"Attack {attack!r}: no stratified test ({e}).")
+            p_all = stratified_conformal_pvalues(s, c, s_st, c_st)
+            notes.extend(_stratum_notes(attack, plan, s_st, c_st, primary))
+        else:
+            p_all = conformal_pvalues(s, c)
+        valid = ~np.isnan(p_all)
+        res.n_without_pvalue = int((~valid).sum())
+        sv, p = s[valid], p_all[valid]
+        idv = [i for i, ok in zip(ids, valid) if ok]
         p_holm, p_bh = holm(p), benjamini_hochberg(p)
-        order = np.lexsort((-s, p))  # smallest p first; ties broken by higher score
+        order = np.lexsort((-sv, p))  # smallest p first; ties broken by higher score
         res.artworks = [
             ArtworkResult(
-                ids[i], float(s[i]), float(p[i]), float(p_holm[i]), float(p_bh[i]), bool(p_holm[i] <= plan.alpha)
+                idv[i], float(sv[i]), float(p[i]), float(p_holm[i]), float(p_bh[i]), bool(p_holm[i] <= plan.alpha)
             )
             for i in order
         ]
         res.n_flagged_holm = sum(a.flagged for a in res.artworks)
-        res.storey = storey_estimate(s, c, lam=plan.storey_lambda, n_boot=plan.n_bootstrap, level=plan.ci_level,
-                                     seed=plan.seed)
-        need = min_controls_for(plan.alpha, s.size)
+        res.n_bound = int(p.size)
+        res.members_lower_bound = true_discovery_bound(p, plan.alpha) if p.size else None
+        if p.size:
+            if plan.strata and strata is not None:
+                res.storey = _storey_stratified(sv, c, [s_st[i] for i in np.flatnonzero(valid)], c_st, plan)
+            else:
+                res.storey = storey_estimate(s, c, lam=plan.storey_lambda, n_boot=plan.n_bootstrap,
+                                             level=plan.ci_level, seed=plan.seed)
+        need = min_controls_for(plan.alpha, max(1, int(p.size)))
         res.min_controls_per_artwork = need
-        if c.size < need:
+        if c.size < need and not plan.strata:
             notes.append(
                 f"With {c.size} controls the smallest possible per-artwork (conformal) p-value is "
                 f"1/{c.size + 1} = {1 / (c.size + 1):.3g}; after Holm over {s.size} suspect works no single "
@@ -377,9 +424,114 @@ def _analyze_attack(
     return res, notes
 
 
+def _strata_of_ids(strata: dict[str, str], ids: list[str], plan: AnalysisPlan) -> list[str]:
+    missing = [i for i in ids if i not in strata]
+    if missing:
+        raise ValueError(f"{len(missing)} works have no value in the stratum column {plan.strata[0]!r} (e.g. "
+                         f"{missing[0][:12]}); fill it in or remove stats.strata")
+    return [strata[i] for i in ids]
+
+
+def _stratum_notes(attack: str, plan: AnalysisPlan, s_st: list[str], c_st: list[str], primary: bool) -> list[str]:
+    """Per-stratum limits of per-artwork claims: suspects without own-stratum controls, and strata with too few
+    controls for any Holm flag (the conformal floor is 1/(n_g + 1))."""
+    if not primary:
+        return []
+    col = plan.strata[0]
+    out = []
+    cs = pd.Series(c_st).value_counts()
+    ss = pd.Series(s_st).value_counts()
+    orphan = [g for g in ss.index if g not in cs.index]
+    if orphan:
+        out.append(f"{int(ss[orphan].sum())} suspect work(s) of {col} {', '.join(map(str, orphan[:5]))} have no control "
+                   f"of their own {col}: they are left out of the stratified test and get no per-work p-value.")
+    m = int(ss[[g for g in ss.index if g in cs.index]].sum()) if len(cs) else 0
+    few = []
+    for g, n_g in cs.items():
+        if g in ss.index and m and (1.0 / (n_g + 1.0)) * m > plan.alpha:
+            few.append(f"{g} ({n_g} controls: smallest p-value 1/{n_g + 1} = {1 / (n_g + 1):.3g})")
+    if few:
+        out.append(f"Per-work claims are compared with the controls of the work's own {col}, so the smallest possible "
+                   f"p-value is 1/(n + 1) for a {col} with n controls; after Holm over {m} suspect works no work of "
+                   f"these {col} strata can be flagged at α = {plan.alpha:g}: " + "; ".join(few[:6])
+                   + (f" and {len(few) - 6} more" if len(few) > 6 else "") + f". A per-work claim at this α needs at "
+                   f"least {min_controls_for(plan.alpha, m)} controls in the work's {col}.")
+    return out
+
+
+def _storey_stratified(s: np.ndarray, c: np.ndarray, s_st: list[str], c_st: list[str], plan: AnalysisPlan
+                       ) -> StoreyEstimate:
+    """Storey's estimate from the within-stratum conformal p-values; the interval resamples suspects and
+    controls within their strata."""
+    from audit.stats.tests import storey_pi0
+
+    lam, m = plan.storey_lambda, s.size
+    gs, gc = np.asarray(s_st, dtype=str), np.asarray(c_st, dtype=str)
+    pi0 = storey_pi0(stratified_conformal_pvalues(s, c, gs, gc), lam)
+    rng = np.random.default_rng(plan.seed)
+    idx_s = [np.flatnonzero(gs == g) for g in np.unique(gs)]
+    idx_c = [np.flatnonzero(gc == g) for g in np.unique(gc)]
+    reps = np.empty(plan.n_bootstrap)
+    for b in range(plan.n_bootstrap):
+        bs = np.concatenate([i[rng.integers(0, i.size, i.size)] for i in idx_s])
+        bc = np.concatenate([i[rng.integers(0, i.size, i.size)] for i in idx_c])
+        reps[b] = m * (1.0 - storey_pi0(stratified_conformal_pvalues(s[bs], c[bc], gs[bs], gc[bc]), lam))
+    tail = (1.0 - plan.ci_level) / 2.0 * 100.0
+    lo, hi = np.percentile(reps, [tail, 100.0 - tail])
+    return StoreyEstimate(float(pi0), int(m), float(m * (1.0 - pi0)), float(lo), float(hi), float(lam),
+                          plan.ci_level, plan.n_bootstrap)
+
+
+def resolve_strata(plan: AnalysisPlan, works: pd.DataFrame | list[dict[str, Any]] | None
+                   ) -> tuple[AnalysisPlan, str]:
+    """Apply the plan's ``auto_strata`` rule to the manifest (rows with ``role`` and ``artist``) before the plan
+    is recorded: stratify by artist when every suspect and control names its artist, the controls span at
+    least two artists, and every suspect's artist has controls. Returns the (possibly stratified) plan and a
+    sentence saying what was decided and why."""
+    if plan.strata:
+        return plan, f"The plan stratifies by {plan.strata[0]} (declared)."
+    if not plan.auto_strata:
+        return plan, "Not stratified (stats.auto_strata=false)."
+    df = pd.DataFrame(works) if works is not None and not isinstance(works, pd.DataFrame) else works
+    if df is None or df.empty or "artist" not in df.columns or "role" not in df.columns:
+        return plan, "Not stratified: the manifest has no artist column."
+    art = df["artist"].fillna("").astype(str).str.strip()
+    sus, ctl = art[df["role"] == "suspect"], art[df["role"] == plan.control_role]
+    if sus.empty or ctl.empty:
+        return plan, "Not stratified: suspects or controls are missing."
+    if (sus == "").any() or (ctl == "").any():
+        return plan, "Not stratified: some suspects or controls have no artist."
+    if ctl.nunique() < 2:
+        return plan, "Not stratified: all controls are by one artist, so pooled and stratified tests coincide."
+    lacking = sorted(set(sus) - set(ctl))
+    if lacking:
+        return plan, (f"Not stratified: no controls for the suspects' artist(s) {lacking[:5]}; a stratified test "
+                      "would have to leave those works out.")
+    from dataclasses import replace
+
+    return replace(plan, strata=("artist",)), ("Stratified by artist (stats.auto_strata): every suspect's artist has "
+                                               "controls, and the controls span several artists.")
+
+
+def composition(images: pd.DataFrame | None, plan: AnalysisPlan) -> dict[str, Any] | None:
+    """Role × stratum counts (the plan's stratum column, else artist) of the accepted works."""
+    if images is None or "role" not in images.columns:
+        return None
+    col = plan.strata[0] if plan.strata else "artist"
+    if col not in images.columns:
+        return None
+    df = images.drop_duplicates("image_id") if "image_id" in images.columns else images
+    tab = pd.crosstab(df[col].fillna("").astype(str).replace("", "(none)"), df["role"])
+    rows = [{"stratum": str(g), **{r: int(tab.loc[g, r]) if r in tab.columns else 0 for r in ROLES}}
+            for g in tab.index]
+    return {"column": col, "stratified": bool(plan.strata), "rows": rows}
+
+
 def _where(plan: AnalysisPlan, label: str, t: TestResult) -> str:
     what = f"attack {label!r}" if not plan.features else label + " combined by cross-fitting"
-    return f"({what}, {test_label(plan.test, plan.alternative)}; {t.n_suspect} suspect and {t.n_control} control works)"
+    within = f", each suspect compared with controls of its own {plan.strata[0]}" if plan.strata else ""
+    return (f"({what}, {test_label(plan.test, plan.alternative)}{within}; {t.n_suspect} suspect and {t.n_control} "
+            "control works)")
 
 
 def _gate_gaps(plan: AnalysisPlan, gates: list[GateResult]) -> tuple[list[GateResult], list[str]]:
@@ -516,8 +668,20 @@ def _strata_map(plan: AnalysisPlan, images: pd.DataFrame | None) -> tuple[dict[s
     return (dict(zip(vals["image_id"], vals[col].astype(str))) or None), col
 
 
+def _plan_strata_map(plan: AnalysisPlan, images: pd.DataFrame | None) -> dict[str, str] | None:
+    """image_id → stratum for a stratified plan (None when the plan is not stratified)."""
+    if not plan.strata:
+        return None
+    col = plan.strata[0]
+    if images is None or col not in images.columns or "image_id" not in images.columns:
+        raise ValueError(f"the plan is stratified by {col!r} but the image table has no such column")
+    vals = images[["image_id", col]].drop_duplicates("image_id")
+    vals = vals[vals[col].notna() & (vals[col].astype(str).str.strip() != "")]
+    return dict(zip(vals["image_id"], vals[col].astype(str)))
+
+
 def _run_gates(plan: AnalysisPlan, data: PrimaryData, features: pd.DataFrame | None,
-               images: pd.DataFrame | None = None) -> list[GateResult]:
+               images: pd.DataFrame | None = None, plan_strata: dict[str, str] | None = None) -> list[GateResult]:
     gates: list[GateResult] = []
     ids_s, ids_c = data.ids["suspect"], data.ids[plan.control_role]
     disabled = "This gate was switched off in the analysis plan (stats.gates)."
@@ -528,11 +692,11 @@ def _run_gates(plan: AnalysisPlan, data: PrimaryData, features: pd.DataFrame | N
         if name not in plan.gates:
             gates.append(GateResult(name, GATE_TITLES[name], "not_run", disabled))
         elif name == "blind_baseline":
-            gates.append(blind_baseline_gate(features, ids_s, ids_c, plan, data))
+            gates.append(blind_baseline_gate(features, ids_s, ids_c, plan, data, plan_strata))
         elif name == "placebo":
-            gates.append(placebo_gate(data, plan, strata, col))
+            gates.append(placebo_gate(data, plan, strata, col, plan_strata))
         else:
-            gates.append(positive_control_gate(data, plan))
+            gates.append(positive_control_gate(data, plan, plan_strata))
     if "power" in plan.gates:
         # Power from the known members only: the suspects' own effect would be post-hoc "observed power".
         effects = []
@@ -574,11 +738,13 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
 
     notes: list[str] = []
     results: list[AttackResult] = []
+    plan_strata = _plan_strata_map(plan, images)
     for name in attacks:
         df, n_seeds = collapse_scores(scores, name)
         if n_seeds > 1:
             notes.append(f"Attack {name!r}: each work's score is the mean over {n_seeds} seeds.")
-        res, attack_notes = _analyze_attack(name, df, plan, primary=(name == primary and not plan.features))
+        res, attack_notes = _analyze_attack(name, df, plan, primary=(name == primary and not plan.features),
+                                            strata=plan_strata)
         results.append(res)
         notes.extend(attack_notes)
         if name == primary and images is not None:
@@ -602,7 +768,7 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
         if crossfit_folds(n_s, n_c, plan.crossfit_folds) >= 2:
             primary_test, crossfit = run_primary(plan, data.values["suspect"], data.values[plan.control_role],
                                                  data.names, s_ids=data.ids["suspect"],
-                                                 c_ids=data.ids[plan.control_role])
+                                                 c_ids=data.ids[plan.control_role], strata=plan_strata)
             primary_auc = crossfit.auc
             zero = [f for f, w in zip(crossfit.features, crossfit.coef) if w <= 1e-12]
             if zero:
@@ -616,7 +782,7 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
 
     sha = plan.sha256()
     confirmatory = recorded_plan_sha256 is not None and recorded_plan_sha256 == sha
-    gates = _run_gates(plan, data, features, images) if primary_test is not None else []
+    gates = _run_gates(plan, data, features, images, plan_strata) if primary_test is not None else []
     verdict = _verdict(plan, label, primary_test, n_s, n_c, gates, confirmatory, primary_auc)
     if recorded_plan_sha256 is None:
         notes.insert(0, f"No analysis-plan hash was recorded before scoring, so nothing shows that this plan (SHA-256 "
@@ -640,7 +806,7 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
         )
     # Same text can arise from several attacks (e.g. the control-count note); say it once.
     return AuditResult(plan, primary, results, verdict, list(dict.fromkeys(notes)), label, primary_test, primary_auc,
-                       crossfit, gates, sha, recorded_plan_sha256)
+                       crossfit, gates, sha, recorded_plan_sha256, composition(images, plan))
 
 
 def _check_images(df: pd.DataFrame, images: pd.DataFrame, attack: str) -> list[str]:

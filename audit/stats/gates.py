@@ -57,6 +57,8 @@ from audit.stats.tests import (
     noether_power,
     permutation_pvalues_batch,
     permutation_test,
+    van_elteren_batch,
+    van_elteren_test,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,23 +122,47 @@ def _gate(name: str, status: str, summary: str, **details: Any) -> GateResult:
 
 
 # ---------------------------------------------------------------------------------------------- primary test
+def _strata_list(strata: dict[str, str] | None, ids: list[str] | None, what: str) -> list[str] | None:
+    if strata is None or ids is None:
+        return None
+    missing = [i for i in ids if i not in strata]
+    if missing:
+        raise ValueError(f"{len(missing)} {what} works have no stratum value (e.g. {missing[0][:12]}); every work "
+                         "needs one when the plan is stratified")
+    return [strata[i] for i in ids]
+
+
 def run_primary(plan: "AnalysisPlan", s: np.ndarray, c: np.ndarray, names: tuple[str, ...] = (),
                 seed_offset: int = 0, s_ids: list[str] | None = None, c_ids: list[str] | None = None,
-                ) -> tuple[TestResult, CrossfitResult | None]:
+                strata: dict[str, str] | None = None) -> tuple[TestResult, CrossfitResult | None]:
     """The plan's set-level test of ``s`` (suspect-side) vs ``c`` (controls). A feature set is combined with
-    non-negative weights (every attack score is member-oriented) and folded in image-id order."""
+    non-negative weights (every attack score is member-oriented) and folded in image-id order. With a
+    stratified plan (``strata``: image id → stratum) works are compared within their stratum only."""
     seed = plan.seed + seed_offset
+    st = strata if plan.strata else None
     if plan.test == "crossfit":
         cf = crossfit_test(s, c, plan.crossfit_permutations, plan.crossfit_folds, seed, plan.alternative,
-                           feature_names=list(names), nonneg=True, suspect_ids=s_ids, control_ids=c_ids)
+                           feature_names=list(names), nonneg=True, suspect_ids=s_ids, control_ids=c_ids,
+                           suspect_strata=_strata_list(st, s_ids, "suspect-side"),
+                           control_strata=_strata_list(st, c_ids, "control"))
         return cf.test, cf
+    if plan.test == "van_elteren":
+        if st is None:
+            raise ValueError("a stratified plan needs each work's stratum (the image table's "
+                             f"{plan.strata[0] if plan.strata else 'stratum'} column)")
+        return van_elteren_test(s, c, _strata_list(st, s_ids, "suspect-side"), _strata_list(st, c_ids, "control"),
+                                plan.n_permutations, seed, plan.alternative), None
     if plan.test == "permutation":
         return permutation_test(s, c, plan.n_permutations, seed, plan.alternative), None
     return mann_whitney(s, c, plan.alternative, n_resamples=plan.n_permutations, seed=seed), None
 
 
-def _batch_pvalues(plan: "AnalysisPlan", S: np.ndarray, C: np.ndarray, seed: int) -> np.ndarray:
-    """Primary-test p-values of single-feature rows (``S`` [R, n_s] vs ``C`` [R, n_c] or [n_c])."""
+def _batch_pvalues(plan: "AnalysisPlan", S: np.ndarray, C: np.ndarray, seed: int,
+                   s_strata: np.ndarray | None = None, c_strata: np.ndarray | None = None) -> np.ndarray:
+    """Primary-test p-values of single-feature rows (``S`` [R, n_s] vs ``C`` [R, n_c] or [n_c]); for a
+    stratified plan with the strata of those works (same shapes)."""
+    if plan.test == "van_elteren":
+        return van_elteren_batch(S, C, s_strata, c_strata, 999, seed, plan.alternative)
     if plan.test == "permutation":
         return permutation_pvalues_batch(S, C, plan.n_permutations, seed, plan.alternative)
     return mann_whitney_batch(S, C, plan.alternative, n_resamples=999, seed=seed)
@@ -180,7 +206,8 @@ def _score_aligned_blind_test(F: np.ndarray, score: np.ndarray, n_s: int, folds:
 
 
 def blind_baseline_gate(features: pd.DataFrame | None, suspect_ids: list[str], control_ids: list[str],
-                        plan: "AnalysisPlan", data: PrimaryData | None = None) -> GateResult:
+                        plan: "AnalysisPlan", data: PrimaryData | None = None,
+                        plan_strata: dict[str, str] | None = None) -> GateResult:
     """Model-free features: (a) the cross-fitted test on all of them (unconstrained: any direction counts),
     (b) the score-aligned test (when ``data``, the primary scores, is given). Fails when either rejects at α.
     Per-feature standardised mean differences and Holm-adjusted two-sided Mann–Whitney p-values are reported
@@ -201,8 +228,11 @@ def blind_baseline_gate(features: pd.DataFrame | None, suspect_ids: list[str], c
                      f"(have {len(s_ids)} and {len(c_ids)}).", n_missing=missing, reason="too_few")
     S = f.loc[s_ids, cols].to_numpy(dtype=float)
     C = f.loc[c_ids, cols].to_numpy(dtype=float)
+    st = plan_strata if plan.strata else None
+    ss, cs = _strata_list(st, s_ids, "suspect"), _strata_list(st, c_ids, "control")
     cf = crossfit_test(S, C, plan.crossfit_permutations, plan.crossfit_folds, plan.seed + 101, "greater",
-                       feature_names=cols, nonneg=False, suspect_ids=s_ids, control_ids=c_ids)
+                       feature_names=cols, nonneg=False, suspect_ids=s_ids, control_ids=c_ids,
+                       suspect_strata=ss, control_strata=cs)
     # Diagnostics: which features differ (standardised mean difference, two-sided rank test, Holm), over the
     # features the test used (constant or partly missing ones were left out).
     used = [cols.index(c) for c in cf.features]
@@ -232,8 +262,11 @@ def blind_baseline_gate(features: pd.DataFrame | None, suspect_ids: list[str], c
         if all(i in score_of for i in s_ids + c_ids):
             Fz = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
             y = np.array([score_of[i] for i in s_ids + c_ids])
-            p_aligned, r2, _ = _score_aligned_blind_test(Fz, y, len(s_ids), plan.crossfit_folds, plan.seed + 103,
-                                                         plan.seed + 104)
+            p_aligned, r2, pred = _score_aligned_blind_test(Fz, y, len(s_ids), plan.crossfit_folds,
+                                                            plan.seed + 103, plan.seed + 104)
+            if ss is not None:  # within strata, like the primary test
+                p_aligned = van_elteren_test(pred[:len(s_ids)], pred[len(s_ids):], ss, cs, 999, plan.seed + 104
+                                             ).p_value
             details.update(p_aligned=p_aligned, r2_aligned=r2)
             aligned_txt = (f"; the primary score predicted from these features alone (cross-fitted ridge, out-of-fold "
                            f"R² {r2:.2f}) is {'higher' if p_aligned <= plan.alpha else 'not higher'} for the suspects "
@@ -269,11 +302,12 @@ def _strata_of(strata: dict[str, str] | None, ids: list[str]) -> list[str] | Non
 
 
 def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str] | None = None,
-                 stratum_name: str = "artist") -> GateResult:
+                 stratum_name: str = "artist", plan_strata: dict[str, str] | None = None) -> GateResult:
     """(a) Implementation check: ``plan.n_placebo`` random splits of the controls into ``n_suspect``
     pseudo-suspects and the rest, the primary test on each, empirical FPR at α with a Clopper–Pearson
     interval. (b) Leave-one-stratum-out, when ``strata`` maps control image ids to a stratum (e.g. artist)
-    with ≥ 2 strata: each stratum's controls against the other controls with the primary test."""
+    with ≥ 2 strata: each stratum's controls against the other controls with the primary test. A stratified
+    plan (``plan_strata``) compares works within their stratum only, so (b) does not apply to it."""
     name = "placebo"
     c = data.values.get(plan.control_role)
     n_s, n_c = data.n("suspect"), data.n(plan.control_role)
@@ -297,7 +331,10 @@ def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str]
     else:
         order = np.argsort(rng.random((M, n_c)), axis=1)
         S, C = c[order[:, :n_s]], c[order[:, n_s:]]
-        pvals = _batch_pvalues(plan, S, C, plan.seed + 205)
+        cs = _strata_list(plan_strata, data.ids.get(plan.control_role), "control")
+        cs = None if cs is None else np.asarray(cs, dtype=str)
+        pvals = _batch_pvalues(plan, S, C, plan.seed + 205, None if cs is None else cs[order[:, :n_s]],
+                               None if cs is None else cs[order[:, n_s:]])
         method = "each split is tested exactly as the suspects are"
     at_alpha = _rate(pvals, plan.alpha, plan.ci_level)
     curve = [_rate(pvals, a, plan.ci_level) for a in sorted(set(PLACEBO_ALPHAS) | {plan.alpha})]
@@ -315,7 +352,12 @@ def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str]
     # (b) leave-one-stratum-out
     strat_fail = False
     labels = _strata_of(strata, data.ids.get(plan.control_role, []))
-    if labels is not None:
+    if plan.strata:
+        labels = None
+        txt += (f". The plan is stratified by {plan.strata[0]}: every suspect is compared only with controls of its "
+                f"own {plan.strata[0]}, so differences between strata cannot produce a rejection and the "
+                "leave-one-stratum-out check does not apply")
+    elif labels is not None:
         groups: dict[str, list[int]] = {}
         for j, g in enumerate(labels):
             groups.setdefault(g, []).append(j)
@@ -327,7 +369,7 @@ def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str]
                 continue
             ids_c = data.ids[plan.control_role]
             t, _ = run_primary(plan, c[idx], c[rest], data.names, seed_offset=207,
-                               s_ids=[ids_c[i] for i in idx], c_ids=[ids_c[i] for i in rest])
+                               s_ids=[ids_c[i] for i in idx], c_ids=[ids_c[i] for i in rest], strata=plan_strata)
             rows.append({"stratum": g, "n": int(idx.size), "n_rest": int(rest.size), "p_value": float(t.p_value),
                          "statistic": float(t.statistic), "rejected": bool(t.p_value <= plan.alpha)})
         if len(rows) >= 2:
@@ -352,7 +394,8 @@ def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str]
 
 
 # ---------------------------------------------------------------------------------------------- positive control
-def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan") -> GateResult:
+def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan", plan_strata: dict[str, str] | None = None
+                          ) -> GateResult:
     """Known members in place of the suspects: detection by the primary test (the gate), and power measured
     on subsets of the known members only. Subsets have the suspect set's size when there are at least twice
     as many members (so the draws differ substantially), otherwise half the members (a lower bound on the
@@ -365,7 +408,16 @@ def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan") -> GateResult
         return _gate(name, "not_run", "No known members (role 'member') were given, so the primary test's power on "
                      "this model could not be measured." if n_m < 2 else "Too few controls for a positive control.")
     ids_m, ids_c = data.ids.get("member"), data.ids.get(plan.control_role)
-    test, cf = run_primary(plan, m, c, data.names, seed_offset=303, s_ids=ids_m, c_ids=ids_c)
+    if plan.strata and plan_strata is not None:
+        # only members of strata that have controls can be compared within their stratum
+        have = {plan_strata.get(i) for i in ids_c}
+        keep = [j for j, i in enumerate(ids_m) if plan_strata.get(i) in have]
+        if len(keep) < 2:
+            return _gate(name, "not_run", f"Fewer than 2 known members belong to a {plan.strata[0]} that has controls, "
+                         "so the stratified positive control could not be run.")
+        m, ids_m = m[keep], [ids_m[j] for j in keep]
+        n_m = len(keep)
+    test, cf = run_primary(plan, m, c, data.names, seed_offset=303, s_ids=ids_m, c_ids=ids_c, strata=plan_strata)
     detected = test.p_value <= plan.alpha
     auc = cf.auc if cf is not None else _auc(m, c)
     details: dict[str, Any] = dict(n_member=n_m, n_control=n_c, n_suspect=n_s, p_members=test.p_value,
@@ -385,7 +437,9 @@ def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan") -> GateResult
         R = plan.n_power_resamples
         rng = np.random.default_rng(plan.seed + 304)
         idx = np.argsort(rng.random((R, n_m)), axis=1)[:, :k]
-        pv = _batch_pvalues(plan, m[idx], c, plan.seed + 305)
+        ms = _strata_list(plan_strata if plan.strata else None, ids_m, "member")
+        cs = _strata_list(plan_strata if plan.strata else None, ids_c, "control")
+        pv = _batch_pvalues(plan, m[idx], c, plan.seed + 305, None if ms is None else np.asarray(ms)[idx], cs)
         pw = _rate(pv, plan.alpha, plan.ci_level)
         details.update(power={**pw, "size": k}, p_values=pv, resamples=R, with_replacement=False,
                        power_method="subsampled", subset_size=k)
@@ -398,7 +452,14 @@ def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan") -> GateResult
                      "which members happened to be known)")
     nm = data.values.get("nonmember")
     if nm is not None and data.n("nonmember") >= 2 and plan.control_role != "nonmember":
-        nt, _ = run_primary(plan, nm, c, data.names, seed_offset=306, s_ids=data.ids.get("nonmember"), c_ids=ids_c)
+        try:
+            nt, _ = run_primary(plan, nm, c, data.names, seed_offset=306, s_ids=data.ids.get("nonmember"), c_ids=ids_c,
+                                strata=plan_strata)
+        except ValueError:  # e.g. no nonmember shares a stratum with the controls
+            nt = None
+    else:
+        nt = None
+    if nt is not None:
         details.update(p_nonmembers=nt.p_value, n_nonmember=data.n("nonmember"))
     if not detected:
         return _gate(name, "fail",

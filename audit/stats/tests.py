@@ -50,6 +50,11 @@ __all__ = [
     "crossfit_folds",
     "crossfit_pvalues_from_null",
     "ALTERNATIVES",
+    "van_elteren_test",
+    "stratified_conformal_pvalues",
+    "true_discovery_bound",
+    "hommel_h",
+    "strata_permutations",
 ]
 
 
@@ -442,7 +447,8 @@ def crossfit_auc(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, C:
 
 
 def crossfit_null(X: np.ndarray, n_pos: int, n_draws: int, folds: int = 5, seed: int = 0, C: float = 1.0,
-                  nonneg: bool = True, fold_seed: int | None = None, chunk: int = 100) -> np.ndarray:
+                  nonneg: bool = True, fold_seed: int | None = None, chunk: int = 100,
+                  labels: np.ndarray | None = None, strata: np.ndarray | None = None) -> np.ndarray:
     """Out-of-fold AUCs of :func:`crossfit_auc` for ``n_draws`` random labellings of the rows of the
     (standardised) ``X`` with ``n_pos`` positives: the permutation null of the cross-fitted statistic.
 
@@ -452,7 +458,11 @@ def crossfit_null(X: np.ndarray, n_pos: int, n_draws: int, folds: int = 5, seed:
     rng = np.random.default_rng(seed)
     fs = seed if fold_seed is None else fold_seed
     base = np.r_[np.ones(n_pos, dtype=int), np.zeros(X.shape[0] - n_pos, dtype=int)]
-    Y = np.stack([rng.permutation(base) for _ in range(n_draws)]) if n_draws else np.zeros((0, base.size), int)
+    if strata is not None:
+        # relabel within strata only: the observed labels' count per stratum is kept
+        Y = strata_permutations(np.asarray(labels, dtype=int), np.asarray(strata), n_draws, rng)
+    else:
+        Y = np.stack([rng.permutation(base) for _ in range(n_draws)]) if n_draws else np.zeros((0, base.size), int)
     if X.shape[1] == 0:
         return np.full(n_draws, 0.5)
     out = [_crossfit_batch(X, Y[a:a + chunk], folds, fs, C, nonneg)[0] for a in range(0, n_draws, chunk)]
@@ -487,6 +497,8 @@ def crossfit_test(
     nonneg: bool = True,
     suspect_ids: list[str] | None = None,
     control_ids: list[str] | None = None,
+    suspect_strata: list[str] | None = None,
+    control_strata: list[str] | None = None,
 ) -> CrossfitResult:
     """Cross-fitted aggregation test of suspects vs controls on several features.
 
@@ -504,6 +516,9 @@ def crossfit_test(
     Rows are put in a canonical order before folding — by ``suspect_ids`` / ``control_ids`` when given,
     else by their values — so the p-value does not depend on the order the works were listed in.
     ``oof_scores`` are returned in the input order.
+
+    ``suspect_strata`` / ``control_strata`` (e.g. artist per work): the null relabels works only within their
+    stratum, so the test asks whether suspects differ from the controls *of their own stratum*.
     """
     _check_alternative(alternative)
     S = np.atleast_2d(np.asarray(suspect_X, dtype=float))
@@ -520,7 +535,12 @@ def crossfit_test(
     Xs, kept, dropped = _standardise(np.vstack([S, Cx])[order], names)
     y = np.r_[np.ones(n_s, dtype=int), np.zeros(n_c, dtype=int)]
     auc, oof_sorted, coef = crossfit_auc(Xs, y, k, seed, C, nonneg)
-    null = crossfit_null(Xs, n_s, n_permutations, k, seed + 1, C, nonneg, fold_seed=seed)
+    if suspect_strata is not None and control_strata is not None:
+        codes = np.unique(np.r_[np.asarray(suspect_strata, dtype=str), np.asarray(control_strata, dtype=str)],
+                          return_inverse=True)[1][order]
+        null = crossfit_null(Xs, n_s, n_permutations, k, seed + 1, C, nonneg, fold_seed=seed, labels=y, strata=codes)
+    else:
+        null = crossfit_null(Xs, n_s, n_permutations, k, seed + 1, C, nonneg, fold_seed=seed)
     if alternative == "greater":
         n_ge = int((null >= auc - 1e-12).sum())
     else:
@@ -542,6 +562,161 @@ def crossfit_pvalues_from_null(stats_: np.ndarray, null: np.ndarray, alternative
     ref = np.sort(null)
     n_ge = ref.size - np.searchsorted(ref, t - 1e-12, side="left")
     return (1.0 + n_ge) / (1.0 + ref.size)
+
+
+def strata_permutations(labels: np.ndarray, strata: np.ndarray, n_draws: int, rng: np.random.Generator
+                        ) -> np.ndarray:
+    """``[n_draws, N]`` relabellings of ``labels`` that permute them only among works of the same stratum."""
+    labels = np.asarray(labels)
+    codes = np.unique(np.asarray(strata), return_inverse=True)[1]
+    grouped = np.argsort(codes, kind="stable")
+    base = labels[grouped]
+    out = np.empty((n_draws, labels.size), dtype=labels.dtype)
+    chunk = max(1, int(2e6 // max(1, labels.size)))
+    for a in range(0, n_draws, chunk):
+        k = min(chunk, n_draws - a)
+        # positions grouped by stratum (same group order and sizes in every row), random order within each
+        perm = np.lexsort((rng.random((k, labels.size)), np.broadcast_to(codes, (k, labels.size))), axis=-1)
+        rows = np.empty((k, labels.size), dtype=labels.dtype)
+        np.put_along_axis(rows, perm, np.broadcast_to(base, (k, labels.size)), axis=1)
+        out[a:a + k] = rows
+    return out
+
+
+def van_elteren_test(suspect: np.ndarray, control: np.ndarray, suspect_strata: list[str], control_strata: list[str],
+                     n_resamples: int = 10000, seed: int = 0, alternative: Alternative = "greater") -> TestResult:
+    """Stratified rank test (van Elteren 1960): Σ_g R_g / (N_g + 1) over strata g, where R_g is the suspects'
+    mid-rank sum among the N_g works of stratum g. Each stratum's Wilcoxon statistic is weighted so that
+    strata count by their information (locally most powerful for a common shift), and a suspect is only ever
+    compared with controls of its own stratum. p-value: ``n_resamples`` seeded relabellings *within strata*,
+    (1 + #{≥}) / (1 + B) — exact under H0 (exchangeability within each stratum) whatever the ties.
+
+    Strata without a suspect or without a control carry no information and are left out; ``n_suspect`` and
+    ``n_control`` count the works that were used.
+    """
+    _check_alternative(alternative)
+    s = _as_scores(suspect, "suspect")
+    c = _as_scores(control, "control")
+    gs, gc = np.asarray(suspect_strata, dtype=str), np.asarray(control_strata, dtype=str)
+    if gs.size != s.size or gc.size != c.size:
+        raise ValueError("one stratum per suspect and per control is needed")
+    usable = sorted(set(gs) & set(gc))
+    if not usable:
+        raise ValueError("no stratum has both suspects and controls, so no stratified comparison is possible")
+    ks, kc = np.isin(gs, usable), np.isin(gc, usable)
+    x = np.r_[s[ks], c[kc]]
+    g = np.r_[gs[ks], gc[kc]]
+    y = np.r_[np.ones(int(ks.sum()), int), np.zeros(int(kc.sum()), int)]
+    w = np.empty(x.size)
+    for st in usable:
+        idx = np.flatnonzero(g == st)
+        w[idx] = stats.rankdata(x[idx]) / (idx.size + 1.0)
+    obs = float(y @ w)
+    Y = strata_permutations(y, g, n_resamples, np.random.default_rng(seed))
+    null = Y @ w
+    # E[T] under H0: each suspect's within-stratum rank averages (N_g + 1)/2, so every suspect contributes ½
+    centre = y.sum() / 2.0
+    tol = 1e-12 * max(1.0, abs(obs))
+    if alternative == "greater":
+        n_ge = int((null >= obs - tol).sum())
+    else:
+        n_ge = int((np.abs(null - centre) >= abs(obs - centre) - tol).sum())
+    p = (1.0 + n_ge) / (1.0 + n_resamples)
+    return TestResult("van_elteren", obs, float(p), int(ks.sum()), int(kc.sum()), alternative=alternative,
+                      n_resamples=n_resamples, method="permutation within strata")
+
+
+def van_elteren_batch(S: np.ndarray, C: np.ndarray, s_strata: np.ndarray, c_strata: np.ndarray,
+                      n_resamples: int = 999, seed: int = 0, alternative: Alternative = "greater") -> np.ndarray:
+    """p-values of :func:`van_elteren_test` for each row of ``S`` ``[R, n_s]`` against ``C`` (``[n_c]`` shared or
+    ``[R, n_c]``), with strata ``s_strata`` (``[n_s]`` or ``[R, n_s]``) and ``c_strata`` (``[n_c]`` or
+    ``[R, n_c]``). Within every stratum the random relabellings are shared across rows of the same stratum
+    size (each row's p-value is still exactly a within-strata permutation p-value)."""
+    _check_alternative(alternative)
+    S = np.atleast_2d(np.asarray(S, dtype=float))
+    R = S.shape[0]
+    C = np.asarray(C, dtype=float)
+    C = np.broadcast_to(C, (R, C.shape[-1])) if C.ndim == 1 else C
+    gs = np.asarray(s_strata, dtype=str)
+    gs = np.broadcast_to(gs, S.shape) if gs.ndim == 1 else gs
+    gc = np.asarray(c_strata, dtype=str)
+    gc = np.broadcast_to(gc, C.shape) if gc.ndim == 1 else gc
+    rng = np.random.default_rng(seed)
+    perms: dict[tuple[str, int], np.ndarray] = {}  # per (stratum, size): strata must stay independent
+    out = np.empty(R)
+    for r in range(R):
+        usable = np.intersect1d(gs[r], gc[r])
+        if usable.size == 0:
+            out[r] = 1.0
+            continue
+        obs = 0.0
+        null = np.zeros(n_resamples)
+        n_used = 0
+        for st in usable:
+            xs, xc = S[r][gs[r] == st], C[r][gc[r] == st]
+            w = stats.rankdata(np.r_[xs, xc]) / (xs.size + xc.size + 1.0)
+            obs += w[:xs.size].sum()
+            n_used += xs.size
+            N = w.size
+            if (st, N) not in perms:
+                perms[(st, N)] = np.argsort(rng.random((n_resamples, N)), axis=1)
+            null += w[perms[(st, N)][:, :xs.size]].sum(axis=1)
+        tol = 1e-12 * max(1.0, abs(obs))
+        if alternative == "greater":
+            n_ge = int((null >= obs - tol).sum())
+        else:
+            centre = n_used / 2.0
+            n_ge = int((np.abs(null - centre) >= abs(obs - centre) - tol).sum())
+        out[r] = (1.0 + n_ge) / (1.0 + n_resamples)
+    return out
+
+
+def stratified_conformal_pvalues(suspect_scores: np.ndarray, control_scores: np.ndarray,
+                                 suspect_strata: list[str], control_strata: list[str]) -> np.ndarray:
+    """Conformal p-value of each suspect against the controls of its own stratum only:
+    (1 + #{controls of stratum g with score ≥ s_i}) / (n_g + 1). NaN for a suspect whose stratum has no
+    control (no valid comparison exists). Floored at 1/(n_g + 1)."""
+    s = _as_scores(suspect_scores, "suspect")
+    c = _as_scores(control_scores, "control")
+    gs, gc = np.asarray(suspect_strata, dtype=str), np.asarray(control_strata, dtype=str)
+    out = np.full(s.size, np.nan)
+    for st in np.unique(gs):
+        cs = c[gc == st]
+        if cs.size:
+            sel = gs == st
+            out[sel] = conformal_pvalues(s[sel], cs)
+    return out
+
+
+def hommel_h(pvals: np.ndarray, alpha: float) -> int:
+    """Size of the largest set of hypotheses that Simes' test does not reject at ``alpha`` (Hommel 1988): the
+    largest i such that the i largest p-values satisfy p_(m−i+k) > k·α/i for every k = 1…i (0 if none)."""
+    p = np.sort(_check_pvals(pvals))
+    m = p.size
+    for i in range(m, 0, -1):
+        tail = p[m - i:]
+        if (tail > np.arange(1, i + 1) * alpha / i).all():
+            return i
+    return 0
+
+
+def true_discovery_bound(pvals: np.ndarray, alpha: float) -> int:
+    """Lower (1 − α) confidence bound on how many of these hypotheses are false ("at least k of the n
+    suspects were in the training data"): closed testing with Simes local tests (Goeman & Solari 2011), in
+    the closed form of Goeman, Meijer, Krebs & Solari (2019): d = max_{1≤u≤n} (1 − u + #{i : h·p_i ≤ u·α}),
+    with h from :func:`hommel_h`. Valid when the p-values are PRDS, which conformal p-values against shared
+    controls are (Bates et al. 2023), and simultaneously over every subset a reader might pick."""
+    p = _check_pvals(pvals)
+    n = p.size
+    if n == 0:
+        return 0
+    h = hommel_h(p, alpha)
+    if h == 0:
+        return int(n)
+    ps = np.sort(p)
+    u = np.arange(1, n + 1)
+    counts = np.searchsorted(ps, u * alpha / h, side="right")  # #{p_i ≤ uα/h}
+    return int(max(0, (1 - u + counts).max()))
 
 
 def conformal_pvalues(suspect_scores: np.ndarray, control_scores: np.ndarray) -> np.ndarray:
