@@ -61,7 +61,9 @@ def audit_inputs():
         "package_versions": {"audit": "0.1.0", "torch": "2.13.0"},
         "config_yaml": "analysis:\n  alpha: 0.05\n  test: mann_whitney\n",
     }
-    result = analyze(scores, images, AnalysisPlan(n_permutations=199, n_bootstrap=100))
+    # no image features in this fixture: the blind baseline is waived explicitly (it would withhold otherwise)
+    plan = AnalysisPlan(n_permutations=199, n_bootstrap=100, gates=("placebo", "positive_control", "power"))
+    result = analyze(scores, images, plan, recorded_plan_sha256=plan.sha256())
     return result, scores, images, rejected, metadata
 
 
@@ -132,7 +134,7 @@ def test_report_has_every_section_the_plan_hash_and_plain_language(tmp_path, aud
     assert positions == sorted(positions)
     assert result.plan_sha256 in text and len(result.plan_sha256) == 64
     assert "Matsumoto et al. 2023" in text
-    assert "ε-prediction MSE" in text  # the attack's docstring explains what it measures
+    assert "training-objective MSE" in text  # the attack's docstring explains what it measures
     summary = plain_summary(result)
     assert result.verdict.decision == "reject_h0"
     assert "inconsistent with no suspect work being in the training data" in summary[0]

@@ -115,14 +115,18 @@ def plain_summary(result: AuditResult) -> list[str]:
     else:
         out.append(v.sentence)
     a = _per_artwork_attack(result)
-    if v.decision in ("reject_h0", "fail_to_reject") and a is not None and a.storey is not None:
-        st = a.storey
-        out.append(
-            f"How many? From the per-work p-values of attack '{a.attack}', an estimated {st.n_members:.1f} of the "
-            f"{st.n_tests} suspect works were in the training data ({plan.ci_level * 100:g}% bootstrap interval "
-            f"{st.lo:.1f}–{st.hi:.1f}; Storey's method, exploratory). {a.n_flagged_holm} work(s) can be named "
-            f"individually at α = {plan.alpha:g} after correcting for testing {a.n_suspect} works (Holm)."
-        )
+    if v.decision in ("reject_h0", "fail_to_reject") and a is not None and a.members_lower_bound is not None:
+        conf = (1.0 - plan.alpha) * 100
+        txt = (f"How many? With {conf:g}% confidence, at least {a.members_lower_bound} of the {a.n_bound} suspect "
+               f"works were in the training data (closed testing on the per-work p-values of attack '{a.attack}'; "
+               "this lower bound holds simultaneously for any subset of the works a reader picks).")
+        if a.storey is not None:
+            st = a.storey
+            txt += (f" As an exploratory point estimate, Storey's method puts the number at about {st.n_members:.1f} "
+                    f"({plan.ci_level * 100:g}% bootstrap interval {st.lo:.1f}–{st.hi:.1f}).")
+        txt += (f" {a.n_flagged_holm} work(s) can be named individually at α = {plan.alpha:g} after correcting for "
+                f"testing {a.n_bound} works (Holm).")
+        out.append(txt)
     if not v.confirmatory:
         out.append("This report was regenerated with an analysis plan that differs from the one recorded before "
                    "the scores were computed; its verdict is exploratory.")
