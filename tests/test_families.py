@@ -406,3 +406,32 @@ def test_reconstruction_screen_runs_on_every_family_at_its_declared_cost(family,
     assert out.unet_evals == expected
     assert {"recon_gen_tiled_l2", "recon_inpaint_half", "recon_img2img_tiled_l2"} <= set(out.scores.df["attack"])
     assert out.scores.df["score"].notna().all()
+
+
+def test_dry_run_counts_and_estimates_before_a_run(family_dirs, tmp_path):
+    """scripts/dry_run.py: per-attack counted evaluations equal the declared ones; the suite shares calls."""
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+
+    from audit.cli import CONFIG_DIR
+
+    spec = importlib.util.spec_from_file_location("dry_run", Path(__file__).resolve().parents[1] / "scripts" / "dry_run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = ["path,role,caption"]
+    for i, img in enumerate(_render(32, 0, 6).add(1).mul(127.5).round().to(torch.uint8)):
+        from PIL import Image
+
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp_path / f"w{i}.png")
+        rows.append(f"{tmp_path / f'w{i}.png'},{'suspect' if i < 3 else 'control'},work {i}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("audit", overrides=["experiment=own_model", f"target.source={family_dirs['sd3']}",
+                                          "target.local_files_only=true", f"data.manifest={tmp_path / 'm.csv'}",
+                                          "attack=[loss,pia,sima]", "runtime.batch_size=4", "runtime.device=cpu"])
+    r = mod.dry_run(cfg)
+    assert r["family"] == "sd3" and r["n_works"] == 6 and r["batch"] == 4
+    assert all(row["counted"] == row["declared"] for row in r["rows"])
+    assert r["suite"]["counted"] == 6 + 2  # loss 6, PIA 2; SimA's query is PIA's clean-end ε₀ (shared)
+    assert r["suite"]["estimate_s"] == pytest.approx(r["suite"]["batch_s"] / 4 * 6)

@@ -132,8 +132,11 @@ def test_statistics_go_through_the_ordinary_analysis(collapsed_run):
                                  "recon_inpaint_centre", "recon_inpaint_blocks", "recon_img2img_tiled_l2"}
     assert len(df) == 7 * len(ev) and df["target_fingerprint"].nunique() == 1 and np.isfinite(df["score"]).all()
     assert (df.groupby("attack")["attack_params_hash"].nunique() == 1).all()
+    from audit.stats.blind import blind_features
+
+    # as the pipeline does: the model-free features the (required) blind-baseline gate runs on
     result = analyze(out.scores, ev.image_table(), AnalysisPlan(primary_attack="recon_gen_tiled_l2", n_bootstrap=50,
-                                                                 n_permutations=200))
+                                                                 n_permutations=200), features=blind_features(ev))
     assert result.verdict.decision == "reject_h0"
     # the per-artwork p-values recorded for the figures are the analysis' conformal p-values
     res = result.attack("recon_gen_tiled_l2")

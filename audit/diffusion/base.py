@@ -17,12 +17,9 @@ model's own training objective where it matters (the loss attack).
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-
-TimeLike = "torch.Tensor | int | float"
-
 
 class DiffusionProcess(abc.ABC):
     """A forward process plus the conversions and steps attacks and samplers need."""
@@ -129,7 +126,3 @@ def make_process(scheduler: Any, *, image_seq_len: int | None = None) -> Diffusi
         return VariancePreserving(scheduler)
     raise ValueError(f"scheduler {name} describes neither a variance-preserving nor a flow-matching process")
 
-
-def check_timesteps(process: DiffusionProcess, timesteps: Sequence[Any]) -> list:
-    """Timesteps outside 0 … T−1 (the model was never trained there)."""
-    return [t for t in timesteps if not 0 <= float(t) < process.num_train_timesteps]

@@ -63,16 +63,3 @@ def img2img(
         x = process.step(x, eps, s, s_next)
     return x
 
-
-def invert(target: Any, x0: torch.Tensor, timesteps: list, cond: Any = None) -> torch.Tensor:
-    """Deterministic inversion (DDIM inversion / the flow ODE run backwards) of x0 up through ``timesteps``.
-
-    ``timesteps`` is increasing and starts at the first point after the clean sample's query timestep
-    (0); each step uses ε̂ at the current point. Costs ``len(timesteps)`` evaluations per image.
-    """
-    process = target.process
-    x, t = x0, 0
-    for t_next in timesteps:
-        x = process.step(x, target.predict_noise(x, t, cond), t, t_next)
-        t = t_next
-    return x

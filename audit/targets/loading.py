@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from audit.targets.base import Target, TargetInfo
+from audit.targets.base import Target
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
