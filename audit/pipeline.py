@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audit import io, verify
 from audit.attacks import Attack, score_evidence
+from audit.stats.analysis import resolve_strata
 from audit.store import ScoreStore, score_with_store
 from audit.types import EvidenceSet
 
@@ -65,7 +66,7 @@ def load_evidence_from_config(data_cfg: DictConfig, resolution: int, progress: b
     if entries is None:
         entries = read_entries_from_config(data_cfg)
     return load_evidence(entries, resolution, max_pixels=int(data_cfg.get("max_pixels", 100_000_000)),
-                         progress=progress)
+                         progress=progress, check_near_duplicates=True)
 
 
 _DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
@@ -124,7 +125,10 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     entries = read_entries_from_config(cfg.data)  # columns and roles, before the model loads
     check_entries(entries)
     attacks = build_attacks(cfg)  # fail on a bad attack config before loading anything heavy
-    plan_record = declare_plan(plan, out)  # the analysis plan, fixed (and hashed) before any score exists
+    # stats.auto_strata: stratify by artist when the manifest allows it, decided before the plan is recorded
+    plan, strata_decision = resolve_strata(plan, entries)
+    log.info("analysis plan: %s", strata_decision)
+    plan_record = declare_plan(plan, out, strata_decision)  # fixed (and hashed) before any score exists
     t0 = time.time()
     target = instantiate(cfg.target, _convert_="all")
     timings["load_target_s"] = time.time() - t0
@@ -203,12 +207,15 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     return report
 
 
-def declare_plan(stats_cfg: Any, out: Path) -> dict[str, Any]:
+def declare_plan(stats_cfg: Any, out: Path, strata_decision: str | None = None) -> dict[str, Any]:
     """Write the analysis plan with its SHA-256 to ``plan.json`` (before scoring). ``stats_cfg``: an
-    :class:`~audit.stats.AnalysisPlan`, or the run's own ``stats`` config (never one read from a results folder)."""
+    :class:`~audit.stats.AnalysisPlan`, or the run's own ``stats`` config (never one read from a results folder).
+    ``strata_decision``: why the plan is (not) stratified (:func:`audit.stats.analysis.resolve_strata`)."""
     plan = instantiate(stats_cfg, _convert_="all") if isinstance(stats_cfg, DictConfig) else stats_cfg
     record = {"sha256": plan.sha256(), "declared_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "plan": plan.to_dict()}
+    if strata_decision:
+        record["strata_decision"] = strata_decision
     io.write_json(Path(out) / io.PLAN, record)
     return record
 
