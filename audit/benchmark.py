@@ -96,14 +96,13 @@ class _PeakRSS:
 
 
 def _unet_call(target: Target):
-    """The bare UNet call the framework wraps (no noise bookkeeping, no conversion, no counting)."""
-    if hasattr(target, "vae"):
-        cond = target.encode_text([""])
+    """The bare denoiser call the framework wraps: the family adapter's own call of its network (UNet or
+    transformer), with no noise bookkeeping, no conversion to ε̂ and no counting."""
+    cond = target.encode_text([""]) if target.conditional else None
 
-        def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return target.unet(x, t, encoder_hidden_states=cond.expand(x.shape[0], -1, -1)).sample
-        return call
-    return lambda x, t: target.unet(x, t).sample
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return target._model_output(x, t, None if cond is None else cond.expand(x.shape[0], *cond.shape[1:]))
+    return call
 
 
 def bare_loop_seconds(target: Target, n_images: int, evals_per_image: int, batch_size: int,
