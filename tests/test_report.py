@@ -213,3 +213,28 @@ def test_withheld_verdict_is_rendered_with_the_failed_gate(tmp_path):
     assert "No verdict is given" in plain_summary(result)[0]
     blobs = re.findall(r'<img[^>]+src="data:image/png;base64,([A-Za-z0-9+/=]+)"', raw)
     assert len(blobs) == 1 + 1 + 1 + 3  # ROC, histogram, p-values, gates: blind baseline, placebo, power
+
+
+def test_report_has_glossary_references_declaration_and_provenance(tmp_path, audit_inputs):
+    result, scores, images, rejected, metadata = audit_inputs
+    cfg = ("report:\n  expert:\n    name: Dr Jane Roe\n    qualifications: PhD statistics\n"
+           "    instructing_party: Counsel for the claimants\n")
+    meta = {**metadata, "config_yaml": cfg, "timing_s": 12.345678901234567,
+            "attacks": {"pian": {"name": "pian", "params": {"attack": "PIAN"}}}}
+    raw = render_html(result, scores, images, rejected, meta, tmp_path / "r.html").read_text(encoding="utf-8")
+    text = html.unescape(raw)
+    ids = ["notes", "glossary", "bibliography", "declaration", "appendix"]
+    pos = [raw.index(f'id="{s}"') for s in ids]
+    assert pos == sorted(pos)
+    assert "Dr Jane Roe" in text and "PhD statistics" in text and "Counsel for the claimants" in text
+    assert "Goeman, J. J. & Solari, A. (2011)" in text and "van Elteren" in text
+    assert "report made (UTC)" in text and "tool git commit (report)" in text
+    assert "12.345678901234567" not in text and "12.3457" in text  # no 17-digit timings
+    from audit.report.html import _describe_attacks
+
+    pian_scores = ScoreTable(scores.df.assign(attack="pian"))
+    (d,) = _describe_attacks(meta, pian_scores)
+    assert "module docstring" not in d["description"] and len(d["description"]) > 80  # quotes the module instead
+    assert 'counter(figure)' in raw  # figures are numbered
+    blank = render_html(result, scores, images, rejected, metadata, tmp_path / "b.html").read_text(encoding="utf-8")
+    assert "set report.expert.name" in html.unescape(blank)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import escape
 
+from audit.report.texts import BIBLIOGRAPHY, DECLARATION, GLOSSARY, expert_from_config, report_provenance
 from audit.report.figures import gate_png, histogram_png, pvalue_png, roc_png, to_base64
 from audit.stats.analysis import AuditResult, format_p, test_label
 from audit.stats.blind import FEATURE_DESCRIPTIONS
@@ -61,6 +63,7 @@ def _env() -> Environment:
     env.filters["pval"] = format_p
     env.filters["pct"] = _fmt_pct
     env.filters["basename"] = lambda v: Path(str(v)).name if v else ""
+    env.filters["sig"] = lambda v: f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else str(v)
     env.globals["zip"] = zip
     return env
 
@@ -197,6 +200,10 @@ def _describe_attacks(metadata: dict[str, Any], scores: ScoreTable) -> list[dict
         cls = getattr(attacks_mod, str(cls_name), None) if attacks_mod is not None and cls_name else None
         if cls is not None:
             doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+            if "module docstring" in doc:  # the class points at its module for the method: quote that instead
+                mod = inspect.getmodule(cls)
+                mdoc = (inspect.getdoc(mod) or "").split("\n\n")[0].replace("\n", " ") if mod else ""
+                doc = re.sub(r"\s*[(;,]?\s*see (the )?module docstring\)?", "", doc).rstrip(" .;,") + ". " + mdoc
             d.setdefault("paper", getattr(cls, "paper", ""))
         out.append({"name": name, "paper": d.get("paper", ""), "access": d.get("access", ""),
                     "evaluations": d.get("evaluations_per_image"), "params": params, "description": doc,
@@ -314,6 +321,8 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
         plan_record=meta.get("analysis_plan"), scenario=meta.get("scenario"), pdf_note=pdf_note,
         gate_status={g.name: g.status for g in result.gates},
         reconstruction=_reconstruction(run_folder), path_root=path_root,
+        glossary=GLOSSARY, bibliography=BIBLIOGRAPHY, declaration=DECLARATION, expert=expert_from_config(cfg),
+        provenance=report_provenance(meta),
     )
 
 
