@@ -128,10 +128,20 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     # stats.auto_strata: stratify by artist when the manifest allows it, decided before the plan is recorded
     plan, strata_decision = resolve_strata(plan, entries)
     log.info("analysis plan: %s", strata_decision)
+    commitment = None
+    if cfg.get("plan_commitment"):  # a plan committed beforehand with audit-plan: refuse any difference
+        from audit import commitment as commit
+
+        commitment = commit.load_commitment(cfg.plan_commitment)
+        commit.check_before_scoring(commitment, plan, entries, cfg.data.get("manifest"))
     plan_record = declare_plan(plan, out, strata_decision)  # fixed (and hashed) before any score exists
     t0 = time.time()
     target = instantiate(cfg.target, _convert_="all")
     timings["load_target_s"] = time.time() - t0
+    if commitment is not None:
+        commit.check_target(commitment, target.fingerprint)
+        plan_record["committed"] = commit.summary(commitment)
+        io.write_json(out / io.PLAN, plan_record)  # still before any score: says which commitment was checked
 
     t0 = time.time()
     evidence = load_evidence_from_config(cfg.data, target.info.resolution, progress, entries=entries)

@@ -477,7 +477,9 @@ def test_reencoded_jpeg_copy_of_a_control_listed_as_suspect_is_caught(tmp_path: 
     control = next(e for e in entries if e["role"] == "control")
     copy = tmp_path / "copy.jpg"
     Image.open(control["path"]).convert("RGB").resize((200, 200)).save(copy, quality=70)  # new bytes, same work
-    ev = load_evidence([*entries, {"path": str(copy), "role": "suspect"}], 32, progress=False)
+    ev = load_evidence([*entries, {"path": str(copy), "role": "suspect"}], 32, progress=False,
+                       check_near_duplicates=True)
+    assert len(load_evidence([*entries, {"path": str(copy), "role": "suspect"}], 32, progress=False)) == len(entries) + 1
     near = {Path(r.path).name: r.reason for r in ev.rejected if "near-duplicate" in r.reason}
     # both listings are excluded, each reason naming the other one and the distance
     assert set(near) == {Path(control["path"]).name, "copy.jpg"}

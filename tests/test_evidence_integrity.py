@@ -228,8 +228,16 @@ def test_one_suspect_against_twenty_controls_end_to_end(memorized_ddpm, tmp_path
     from audit.data import write_manifest
     from audit.pipeline import run_audit
 
+    from PIL import Image
+
     rows = [{"path": str(memorized_ddpm.member_paths[0]), "role": "suspect"}]
-    rows += [{"path": str(p), "role": "control"} for p in memorized_ddpm.held_out_paths[:20]]
+    rows += [{"path": str(p), "role": "control"} for p in memorized_ddpm.held_out_paths[:21]]
+    # a re-encoded JPEG copy of a control, listed as a suspect: caught, and both listings excluded
+    copy = tmp_path / "copy_of_control.jpg"
+    # (these works are 16 px: 4:2:0 chroma subsampling alone moves them further than the threshold, see
+    # audit/data/near_duplicates.py; tests/test_data.py covers 4:2:0 quality-70 copies of 256-px works)
+    Image.open(memorized_ddpm.held_out_paths[0]).convert("RGB").save(copy, quality=95, subsampling=0)
+    rows.append({"path": str(copy), "role": "suspect"})
     manifest = write_manifest(rows, tmp_path / "manifest.csv")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="audit", overrides=[
@@ -244,6 +252,8 @@ def test_one_suspect_against_twenty_controls_end_to_end(memorized_ddpm, tmp_path
     (work,) = next(x for x in a["attacks"] if x["primary"])["artworks"]
     # the memorised work ranks above every control: the smallest conformal p-value 20 controls allow
     assert work["p_conformal"] == pytest.approx(1 / 21)
+    near = {Path(r["path"]).name for r in json.loads((out / io.REJECTED).read_text()) if "near-duplicate" in r["reason"]}
+    assert near == {"copy_of_control.jpg", memorized_ddpm.held_out_paths[0].name}
     assert "Only one suspect work" in html and "at least 2 suspect works" in html
     assert verify.verify(out).ok
 

@@ -383,7 +383,7 @@ def load_evidence(
     resolution: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
-    check_near_duplicates: bool = True,
+    check_near_duplicates: bool = False,
 ) -> EvidenceSet:
     """Hash, validate and preprocess every entry into an :class:`~audit.types.EvidenceSet`.
 
@@ -392,7 +392,9 @@ def load_evidence(
     :class:`~audit.types.Rejection` with its reason (missing, unreadable, not an image, too large,
     corrupt, duplicate, contradictory roles, near-duplicate: a re-encoded or resized copy of another listed
     work, see :mod:`audit.data.near_duplicates`). One bad file never stops the others. ``resolved_path``
-    records the file actually read (a symbolic link's target).
+    records the file actually read (a symbolic link's target). ``check_near_duplicates`` (on for audit
+    evidence in :mod:`audit.pipeline`; off by default so training sets and benchmarks keep their recorded
+    splits) also rejects re-encoded / resized copies.
 
     Raises:
         ValueError: an entry without a path or with a role outside :data:`audit.types.ROLES` (a caller
