@@ -59,7 +59,7 @@ def _manifest_path(cfg: Any) -> str | None:
     return str(m) if m else None
 
 
-def build_commitment(plan: Any, strata_decision: str, entries: list[dict[str, Any]], manifest: str | None,
+def build_commitment(plan: Any, decisions: str, entries: list[dict[str, Any]], manifest: str | None,
                      target_fingerprint: str, target_source: str | None) -> dict[str, Any]:
     from audit.report.texts import _git_commit
 
@@ -74,7 +74,7 @@ def build_commitment(plan: Any, strata_decision: str, entries: list[dict[str, An
         "committed_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan": plan.to_dict(),
         "plan_sha256": plan.sha256(),
-        "strata_decision": strata_decision,
+        "decisions": decisions,
         "manifest": manifest,
         "manifest_sha256": _sha256_file(manifest) if manifest and os.path.isfile(manifest) else None,
         "images": _image_hashes(entries),
@@ -142,7 +142,8 @@ def commit_plan(cfg: Any, out_dir: str | os.PathLike[str]) -> Path:
     commitment. Nothing is scored."""
     from hydra.utils import instantiate
 
-    from audit.pipeline import check_entries, read_entries_from_config, validate_config
+    from audit.defaults import add_lora_calibration
+    from audit.pipeline import build_attacks, check_entries, read_entries_from_config, validate_config
     from audit.stats.analysis import resolve_strata
 
     out = Path(out_dir)
@@ -154,6 +155,8 @@ def commit_plan(cfg: Any, out_dir: str | os.PathLike[str]) -> Path:
     entries = read_entries_from_config(cfg.data)
     check_entries(entries)
     plan, why = resolve_strata(plan, entries)
+    _, plan, lora_why = add_lora_calibration(cfg, build_attacks(cfg), plan)  # as audit-run decides it
+    why = " ".join(s for s in (why, lora_why) if s)
     target = instantiate(cfg.target, _convert_="all")
     record = build_commitment(plan, why, entries, _manifest_path(cfg), target.fingerprint,
                               str(cfg.target.get("source")) if cfg.target.get("source") is not None else None)

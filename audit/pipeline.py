@@ -128,13 +128,19 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     # stats.auto_strata: stratify by artist when the manifest allows it, decided before the plan is recorded
     plan, strata_decision = resolve_strata(plan, entries)
     log.info("analysis plan: %s", strata_decision)
+    from audit.defaults import add_lora_calibration
+
+    attacks, plan, lora_decision = add_lora_calibration(cfg, attacks, plan)  # base calibration for a LoRA target
+    if lora_decision:
+        log.info("%s", lora_decision)
+    decisions = " ".join(s for s in (strata_decision, lora_decision) if s)
     commitment = None
     if cfg.get("plan_commitment"):  # a plan committed beforehand with audit-plan: refuse any difference
         from audit import commitment as commit
 
         commitment = commit.load_commitment(cfg.plan_commitment)
         commit.check_before_scoring(commitment, plan, entries, cfg.data.get("manifest"))
-    plan_record = declare_plan(plan, out, strata_decision)  # fixed (and hashed) before any score exists
+    plan_record = declare_plan(plan, out, decisions)  # fixed (and hashed) before any score exists
     t0 = time.time()
     target = instantiate(cfg.target, _convert_="all")
     timings["load_target_s"] = time.time() - t0
@@ -217,15 +223,16 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     return report
 
 
-def declare_plan(stats_cfg: Any, out: Path, strata_decision: str | None = None) -> dict[str, Any]:
+def declare_plan(stats_cfg: Any, out: Path, decisions: str | None = None) -> dict[str, Any]:
     """Write the analysis plan with its SHA-256 to ``plan.json`` (before scoring). ``stats_cfg``: an
     :class:`~audit.stats.AnalysisPlan`, or the run's own ``stats`` config (never one read from a results folder).
-    ``strata_decision``: why the plan is (not) stratified (:func:`audit.stats.analysis.resolve_strata`)."""
+    ``decisions``: what the defaults decided and why (strata: :func:`audit.stats.analysis.resolve_strata`; base
+    calibration of a LoRA target: :func:`audit.defaults.add_lora_calibration`)."""
     plan = instantiate(stats_cfg, _convert_="all") if isinstance(stats_cfg, DictConfig) else stats_cfg
     record = {"sha256": plan.sha256(), "declared_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "plan": plan.to_dict()}
-    if strata_decision:
-        record["strata_decision"] = strata_decision
+    if decisions:
+        record["decisions"] = decisions
     io.write_json(Path(out) / io.PLAN, record)
     return record
 
