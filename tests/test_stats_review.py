@@ -191,3 +191,14 @@ def test_a_missing_plan_hash_is_exploratory():
     plan = AnalysisPlan(n_permutations=199, n_bootstrap=50, n_placebo=50, gates=NO_BLIND)
     assert not analyze(table, None, plan).verdict.confirmatory
     assert analyze(table, None, plan, recorded_plan_sha256=plan.sha256()).verdict.confirmatory
+
+
+def test_tpr_interval_does_not_collapse_and_states_the_fpr_of_its_threshold():
+    """0 of 16 detected: the bootstrap alone gave [0, 0]; the exact binomial interval is [0, 0.206]."""
+    from audit.stats.metrics import tpr_at_fpr
+
+    rng = np.random.default_rng(10)
+    t = tpr_at_fpr(np.zeros(16), rng.normal(size=200) + 5, 0.01)
+    assert t.tpr == 0.0 and t.lo == 0.0 and t.hi == pytest.approx(0.2059, abs=1e-3)
+    t2 = tpr_at_fpr(rng.normal(2, 1, 100), rng.normal(size=200), 0.01)
+    assert t2.fpr_observed <= 0.01 and t2.fpr_hi > t2.fpr_observed  # the threshold's FPR is an estimate

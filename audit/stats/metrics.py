@@ -15,7 +15,9 @@ bootstrap used before covered 0.887 and 0.763 (15% of its intervals were [1, 1])
 
 TPR at a fixed FPR: intervals are stratified percentile bootstraps (positives and negatives resampled
 separately, so every replicate keeps the observed class sizes), and each replicate re-estimates the
-threshold from its own negatives, so the interval includes the threshold's uncertainty. The point estimate
+threshold from its own negatives, so the interval includes the threshold's uncertainty; the reported
+interval is the hull of that bootstrap interval and the exact (Clopper–Pearson) interval of the detected
+share at the chosen threshold, so 0 of 16 detected reads [0, 0.21], not [0, 0]. The point estimate
 picks its threshold on the same negatives it is evaluated on, which makes the realised FPR of that
 threshold higher than nominal on new data; each result therefore carries the exact (Clopper–Pearson)
 interval of the FPR at the chosen threshold. The bootstrap replicates use closed forms that are
@@ -225,6 +227,11 @@ def tpr_at_fpr(
     fpr_lo, fpr_hi = clopper_pearson(n_above, neg.size, level)
     bp, bn = _stratified_resample(pos, neg, n_boot, seed)
     lo, hi = _percentile_ci(_tpr_rows(bp, bn, fpr), level)
+    # The bootstrap collapses when every replicate agrees (0 of 16 detected → [0, 0]); the exact binomial
+    # interval of the detections at the chosen threshold does not. Report the hull of the two.
+    k_pos = int(round(float(t[best]) * pos.size))
+    cp_lo, cp_hi = clopper_pearson(k_pos, pos.size, level)
+    lo, hi = min(lo, cp_lo), max(hi, cp_hi)
     return TprAtFpr(
         fpr=float(fpr),
         tpr=float(t[best]),
