@@ -77,7 +77,21 @@ def roc_png(scores: ScoreTable, mode: str = "benchmark", control_role: str = "co
     ax_log.set_xscale("log")
     ax_log.set_yscale("log")
     ax_log.set_title("ROC, log scale (low-FPR regime)")
+    # Zero has no place on a log axis: points at 0 are drawn at the shaded band below the smallest rate the
+    # data can show (½ of 1/n), labelled "0", so a floor is never mistaken for a measured small rate.
+    floors = [(0.5 / neg.size, 0.5 / pos.size) for _, _, pos, neg in pairs]
+    fx, fy = min(f[0] for f in floors), min(f[1] for f in floors)
+    ax_log.axvspan(fx * 0.8, fx * 1.25, color="#eeeeee", zorder=0)
+    ax_log.axhspan(fy * 0.8, fy * 1.25, color="#eeeeee", zorder=0)
+    ax_log.set_xlim(fx * 0.8, 1.05)
+    ax_log.set_ylim(fy * 0.8, 1.05)
+    xt = [t for t in (1e-3, 1e-2, 1e-1, 1.0) if t > fx * 1.25]
+    yt = [t for t in (1e-3, 1e-2, 1e-1, 1.0) if t > fy * 1.25]
+    ax_log.set_xticks([fx] + xt, ["0"] + [f"{t:g}" for t in xt])
+    ax_log.set_yticks([fy] + yt, ["0"] + [f"{t:g}" for t in yt])
+    ax_log.minorticks_off()
     ax_lin.legend(fontsize=7, loc="lower right")
+    ax_log.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _png(fig)
 
