@@ -236,5 +236,12 @@ def test_report_has_glossary_references_declaration_and_provenance(tmp_path, aud
     (d,) = _describe_attacks(meta, pian_scores)
     assert "module docstring" not in d["description"] and len(d["description"]) > 80  # quotes the module instead
     assert 'counter(figure)' in raw  # figures are numbered
+    import hashlib
+
+    exhibit = tmp_path / "evidence_inventory.csv"  # the hash inventory is an exhibit quoted by its own hash
+    assert hashlib.sha256(exhibit.read_bytes()).hexdigest() in text
+    inv = pd.read_csv(exhibit)
+    assert len(inv) == images["image_id"].nunique() and set(inv["sha256"]) == set(images["image_id"])
+    assert 'class="inventory screen-only"' in raw
     blank = render_html(result, scores, images, rejected, metadata, tmp_path / "b.html").read_text(encoding="utf-8")
     assert "set report.expert.name" in html.unescape(blank)

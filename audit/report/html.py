@@ -307,7 +307,8 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
     seeds = {"run seed (noise draws)": meta.get("seed"), "analysis seed (resampling)": plan.seed}
     versions = meta.get("versions") or meta.get("package_versions") or {}
     other_meta = {k: v for k, v in meta.items() if k not in ("attacks", "target", "versions", "package_versions",
-                                                             "scenario", "analysis_plan", "config_yaml")}
+                                                             "scenario", "analysis_plan", "config_yaml",
+                                                             "inventory_exhibit")}
     return dict(
         r=result, plan=plan, test_label=test_label(plan.test, plan.alternative),
         primary=pa, exploratory=[a for a in result.attacks if a.attack != result.primary_attack],
@@ -322,7 +323,7 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
         gate_status={g.name: g.status for g in result.gates},
         reconstruction=_reconstruction(run_folder), path_root=path_root,
         glossary=GLOSSARY, bibliography=BIBLIOGRAPHY, declaration=DECLARATION, expert=expert_from_config(cfg),
-        provenance=report_provenance(meta),
+        provenance=report_provenance(meta), exhibit=meta.get("inventory_exhibit"),
     )
 
 
@@ -353,11 +354,32 @@ def render_html(
     model-free feature table (only its column names are shown, in the methods section); ``run_folder``: the
     results folder whose ``reconstruction/`` output (if any) becomes the reconstruction-tests section.
     """
-    html = _render(result, scores, images, rejected, metadata, features, pdf_note, run_folder)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    exhibit = write_inventory_csv(images, out.parent / INVENTORY_CSV)
+    meta = dict(metadata, inventory_exhibit=exhibit) if exhibit else metadata
+    html = _render(result, scores, images, rejected, meta, features, pdf_note, run_folder)
     out.write_text(html, encoding="utf-8")
     return out
+
+
+INVENTORY_CSV = "evidence_inventory.csv"
+
+
+def write_inventory_csv(images: pd.DataFrame | None, path: Path) -> dict[str, Any] | None:
+    """The per-file hash inventory as a CSV exhibit (role, path, artist, created, width, height, format,
+    sha256; sorted by role and path, so the same evidence always gives the same bytes). Returns its name,
+    SHA-256 and row count, which the report quotes instead of printing pages of hashes."""
+    import hashlib
+
+    if images is None or images.empty:
+        return None
+    cols = [c for c in ("role", "path", "artist", "created", "width", "height", "format", "image_id")
+            if c in images.columns]
+    df = images[cols].drop_duplicates().sort_values([c for c in ("role", "path") if c in cols])
+    data = df.rename(columns={"image_id": "sha256"}).to_csv(index=False, lineterminator="\n").encode("utf-8")
+    path.write_bytes(data)
+    return {"name": path.name, "sha256": hashlib.sha256(data).hexdigest(), "rows": int(len(df))}
 
 
 def render_pdf(html_path: str | Path, pdf_path: str | Path) -> Path:
