@@ -75,6 +75,34 @@ def _image_lookup(images: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- prose
+def chance_words(p: float | None) -> str:
+    """A p-value in words for a lay reader: "about 1 in 40", "less than 1 in 10,000"."""
+    if p is None or not math.isfinite(p):
+        return ""
+    if p >= 0.5:
+        return "about even odds or more"
+    if p < 1e-4:
+        return "less than 1 in 10,000"
+    n = 1.0 / p
+    n = round(n, -int(math.floor(math.log10(n))) + 1) if n >= 100 else round(n)
+    return f"about 1 in {int(n):,}"
+
+
+def plain_headline(result: AuditResult) -> str:
+    """One sentence without statistics vocabulary or double negatives."""
+    d = result.verdict.decision
+    return {
+        "reject_h0": "The model treats the suspect works the way it treats its training data: the evidence indicates "
+                     "that some or all of them were used to train it.",
+        "fail_to_reject": "This audit found no evidence that the suspect works were used to train the model. That "
+                          "does not show that they were not used.",
+        "reject_lower": "The suspect works differ from the comparison works in a way that does not point to training; "
+                        "the comparison works should be reconsidered.",
+        "withheld": "No conclusion: a check of the method's own assumptions failed or could not be run, so the "
+                    "comparison cannot be trusted either way.",
+    }.get(d, "No test could be run on these works.")
+
+
 def plain_summary(result: AuditResult) -> list[str]:
     """The verdict in plain language, for a reader without statistics (a few short paragraphs)."""
     v, plan = result.verdict, result.plan
@@ -86,7 +114,8 @@ def plain_summary(result: AuditResult) -> list[str]:
         out.append(
             f"The model treats the {n_s} suspect works more like its training data than {n_c} comparable works "
             f"known not to be in its training data, by more than chance would explain at the level fixed in "
-            f"advance (α = {plan.alpha:g}, p = {format_p(v.p_value, plan.alpha)}). The data are inconsistent with "
+            f"advance (α = {plan.alpha:g}, p = {format_p(v.p_value, plan.alpha)}: a difference this large would arise "
+            f"by chance {chance_words(v.p_value)} times if none of them had been used). The data are inconsistent with "
             "no suspect work being in the training data. This concerns the suspect set as a whole: it does not "
             "say which works were used, and it is statistical evidence, not proof."
         )
@@ -317,7 +346,7 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
                    "sha256": d.get("sha256") or ""} for d in rejected],
         metadata=meta, other_meta=other_meta, config_yaml=config_yaml, inventory=inventory, role_counts=role_counts,
         any_benchmark=any(a.auc_member_nonmember is not None for a in result.attacks),
-        summary=plain_summary(result), limitations=limitations(result), attacks=_describe_attacks(meta, scores),
+        summary=plain_summary(result), headline=plain_headline(result), limitations=limitations(result), attacks=_describe_attacks(meta, scores),
         model=model, feature_rows=feature_rows, seeds=seeds, versions=versions,
         plan_record=meta.get("analysis_plan"), scenario=meta.get("scenario"), pdf_note=pdf_note,
         gate_status={g.name: g.status for g in result.gates},
