@@ -160,3 +160,16 @@ def test_composition_table_and_a_stratified_plan_without_the_column_is_refused()
     assert comp["column"] == "artist" and not comp["stratified"] and len(comp["rows"]) == 4
     with pytest.raises(ValueError, match="no such column"):
         analyze(table, imgs.drop(columns="artist"), AnalysisPlan(strata=["artist"], gates=NO_BLIND))  # type: ignore[arg-type]
+
+
+def test_sensitivity_table_shows_pooled_vs_stratified_and_each_artist_left_out():
+    table, imgs = _confounded(0.0)
+    res = analyze(table, imgs, AnalysisPlan(n_permutations=499, n_bootstrap=50, n_placebo=50, gates=NO_BLIND,
+                                            strata=["artist"]))  # type: ignore[arg-type]
+    rows = {r["variant"]: r for r in res.sensitivity}
+    assert rows["as planned"]["p_value"] == pytest.approx(res.verdict.p_value, abs=0.02)  # fewer resamples
+    assert rows["pooled controls"]["p_value"] < 1e-4 and rows["pooled controls"]["significant"]["0.001"]
+    assert not rows["as planned"]["significant"]["0.05"]
+    assert "without artist grid" in rows
+    assert "without artist waves" not in rows  # every suspect is by 'waves': nothing left to compare
+    assert rows["without artist grid"]["n_control"] == 120

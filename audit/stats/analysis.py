@@ -258,6 +258,8 @@ class AuditResult:
     plan_recorded_sha256: str | None = None  # as recorded in the run before scoring, when known
     # role × stratum counts of the works analysed: {"column": ..., "rows": [{"stratum", "suspect", ...}]}
     composition: dict[str, Any] | None = None
+    # exploratory variants of the primary analysis (other attacks, pooled vs stratified, leave-one-stratum-out)
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
 
     def gate(self, name: str) -> GateResult | None:
         return next((g for g in self.gates if g.name == name), None)
@@ -805,8 +807,23 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
             "tests and per-attack tables are exploratory and their p-values are not corrected for this multiplicity."
         )
     # Same text can arise from several attacks (e.g. the control-count note); say it once.
+    sens = _sensitivity(scores, images, plan, primary) if primary_test is not None else []
     return AuditResult(plan, primary, results, verdict, list(dict.fromkeys(notes)), label, primary_test, primary_auc,
-                       crossfit, gates, sha, recorded_plan_sha256, composition(images, plan))
+                       crossfit, gates, sha, recorded_plan_sha256, composition(images, plan), sens)
+
+
+def _sensitivity(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan, primary: str
+                 ) -> list[dict[str, Any]]:
+    from audit.stats.sensitivity import sensitivity_rows
+
+    col = plan.strata[0] if plan.strata else "artist"
+    strata = None
+    if images is not None and col in images.columns and "image_id" in images.columns:
+        v = images[["image_id", col]].drop_duplicates("image_id")
+        v = v[v[col].notna() & (v[col].astype(str).str.strip() != "")]
+        strata = dict(zip(v["image_id"], v[col].astype(str))) or None
+    by_attack = {a: collapse_scores(scores, a)[0] for a in scores.attacks}
+    return sensitivity_rows(by_attack, plan, primary, strata, col)
 
 
 def _check_images(df: pd.DataFrame, images: pd.DataFrame, attack: str) -> list[str]:
