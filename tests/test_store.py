@@ -141,3 +141,57 @@ def test_scores_are_on_disk_before_the_analysis(memorized_ddpm, tmp_path, monkey
     assert not (out / io.COMPLETE).exists()
     v = verify.verify(out, recompute=False)
     assert not v.ok and "unfinished" in v.problems[0]
+
+
+def test_kill_9_mid_scoring_then_rerun_recomputes_nothing_finished(memorized_ddpm, tmp_path):
+    """The issue's probe with a real SIGKILL of `audit-run` (python -m audit) during scoring."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from audit.data import write_manifest
+
+    rows = [{"path": str(p), "role": "suspect"} for p in memorized_ddpm.member_paths]
+    rows += [{"path": str(p), "role": "control"} for p in memorized_ddpm.held_out_paths]
+    manifest = write_manifest(rows, tmp_path / "manifest.csv")
+    n, bs, per_image = 48, 4, 16 * 2  # loss at 16 timesteps x 2 noise draws: slow enough to be killed mid-way
+
+    def cmd(store: Path, results: Path) -> list[str]:
+        return [sys.executable, "-m", "audit", "experiment=own_model", f"target.source={memorized_ddpm.model_dir}",
+                "target.local_files_only=true", f"data.manifest={manifest}", "attack=[loss]",
+                f"attack.loss.timesteps=[{','.join(str(t) for t in range(20, 340, 20))}]", "attack.loss.n_noise=2",
+                f"runtime.batch_size={bs}", "runtime.progress=false", f"score_store={store}", "report.formats=[html]",
+                "stats.n_permutations=200", "stats.n_bootstrap=50", "stats.n_placebo=50", "stats.gates=[placebo]",
+                f"paths.results_dir={results}", "name=kill"]
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    store = tmp_path / "store"
+    proc = subprocess.Popen(cmd(store, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(list(store.rglob("batch-*.parquet"))) < 3:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed mid-scoring"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(store.rglob("batch-*.parquet")))
+    assert 3 <= done < n // bs
+    assert not list((tmp_path / "killed").rglob("COMPLETE"))  # the killed folder is visibly unfinished
+
+    rerun = subprocess.run(cmd(store, tmp_path / "rerun"), env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    (folder,) = [p.parent for p in (tmp_path / "rerun").rglob("COMPLETE")]
+    meta = json.loads((folder / io.RUN).read_text())
+    assert meta["unet_evaluations"] == (n - done * bs) * per_image  # zero finished evaluations recomputed
+    assert meta["score_store"]["reused"] == done * bs and meta["score_store"]["batches_reused"] == done
+
+    clean = subprocess.run(cmd(tmp_path / "store2", tmp_path / "clean"), env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    (clean_folder,) = [p.parent for p in (tmp_path / "clean").rglob("COMPLETE")]
+    assert json.loads((clean_folder / io.RUN).read_text())["unet_evaluations"] == n * per_image
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / io.SCORES), pd.read_parquet(clean_folder / io.SCORES))
+    # hashes only: recomputing the analysis here would compare two code versions if the tree changed meanwhile
+    assert verify.verify(folder, recompute=False).ok
