@@ -172,4 +172,8 @@ def test_sensitivity_table_shows_pooled_vs_stratified_and_each_artist_left_out()
     assert not rows["as planned"]["significant"]["0.05"]
     assert "without artist grid" in rows
     assert "without artist waves" not in rows  # every suspect is by 'waves': nothing left to compare
-    assert rows["without artist grid"]["n_control"] == 120
+    assert rows["without artist grid"]["n_control"] == 40  # within strata only 'waves' controls count
+    pooled = analyze(table, imgs, AnalysisPlan(n_permutations=499, n_bootstrap=50, n_placebo=50, gates=NO_BLIND,
+                                               auto_strata=False))
+    prow = {r["variant"]: r for r in pooled.sensitivity}
+    assert prow["without artist grid"]["n_control"] == 120 and prow["within artist strata"]["p_value"] > 0.05
