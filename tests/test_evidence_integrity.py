@@ -277,3 +277,10 @@ def test_ed25519_signature_seals_a_verified_folder(sealed, tmp_path, capsys):
     other = tmp_path / "other.pem"
     verify.keygen(other)
     assert verify.check_signature(sealed, pub) is not None  # an unsigned folder has nothing to check
+
+
+def test_every_plan_field_round_trips_through_plain_values():
+    """A new AnalysisPlan field of a type plan_from_values cannot rebuild would break regeneration: caught here."""
+    for plan in (AnalysisPlan(), AnalysisPlan(**FAST_PLAN), AnalysisPlan(features=("loss", "pia"), alpha=0.01)):
+        rebuilt = io.plan_from_values(json.loads(json.dumps(plan.to_dict())))
+        assert rebuilt == plan and rebuilt.sha256() == plan.sha256()
