@@ -202,3 +202,16 @@ def test_tpr_interval_does_not_collapse_and_states_the_fpr_of_its_threshold():
     assert t.tpr == 0.0 and t.lo == 0.0 and t.hi == pytest.approx(0.2059, abs=1e-3)
     t2 = tpr_at_fpr(rng.normal(2, 1, 100), rng.normal(size=200), 0.01)
     assert t2.fpr_observed <= 0.01 and t2.fpr_hi > t2.fpr_observed  # the threshold's FPR is an estimate
+
+
+def test_one_suspect_gets_a_verdict_that_names_the_missing_blind_baseline():
+    """With one suspect the blind baseline is impossible (not skipped): the verdict stands and says so."""
+    from audit.stats.blind import FEATURE_DESCRIPTIONS  # noqa: F401  (features exist for every work)
+
+    rng = np.random.default_rng(11)
+    table = _wide_table(np.array([4.0]), rng.normal(0, 1, 40), attacks=("loss",))
+    ids = table.df["image_id"].unique().tolist()
+    feats = pd.DataFrame({"image_id": ids, "f0": rng.normal(size=len(ids)), "f1": rng.normal(size=len(ids))})
+    res = analyze(table, None, AnalysisPlan(n_permutations=499, n_bootstrap=50, n_placebo=50), features=feats)
+    assert res.gate("blind_baseline").status == "not_run"
+    assert res.verdict.decision == "reject_h0" and "could not be run" in res.verdict.sentence

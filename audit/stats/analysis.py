@@ -543,7 +543,11 @@ def _gate_gaps(plan: AnalysisPlan, gates: list[GateResult]) -> tuple[list[GateRe
     for g in gates:
         if g.status != "not_run":
             continue
-        if g.name == "blind_baseline" and g.name in plan.gates:
+        if g.name == "blind_baseline" and g.name in plan.gates and g.details.get("reason") == "too_few":
+            # with one suspect (the common "was *my* work used?" question) the check is impossible, not skipped
+            said.append("The blind baseline could not be run: " + g.summary.rstrip(".") + "; nothing checks that the "
+                        "controls match the suspects in model-free features, so choose them with particular care.")
+        elif g.name == "blind_baseline" and g.name in plan.gates:
             blocking.append(g)
         elif g.name == "blind_baseline":
             said.append("The blind baseline was waived in the analysis plan (stats.gates), so nothing here checks "
