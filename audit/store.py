@@ -1,8 +1,9 @@
 """A content-keyed score store: scores persisted batch by batch, so a killed run resumes without recomputing.
 
 Every score is keyed by what it depends on: the image's SHA-256, the attack's name and parameter hash, the
-target fingerprint (weights + config), the seed, the weights' dtype, the device type and the package
-version. Scores of one *context* (fingerprint, seed, dtype, device, version) live in one folder::
+target fingerprint (weights + config), the seed, the weights' dtype, the device type, the package
+version and a hash of the scoring code's source (so a code change within one version string is never masked).
+Scores of one *context* (all of these but the image and attack) live in one folder::
 
     <store root>/<context hash>/context.json            what the context is (for people)
     <store root>/<context hash>/batch-<hash>.parquet    one file per finished batch
@@ -43,6 +44,22 @@ def _package_version() -> str:
         return "unknown"
 
 
+#: Source that decides what a score is; any change to it (same version string or not) keys a new context.
+_SCORING_CODE = ("attacks", "targets", "diffusion", "types.py", "data/images.py", "store.py")
+
+
+def code_fingerprint() -> str:
+    """SHA-256 (16 hex) of the scoring code's source files: a score computed by other code is never reused."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for part in _SCORING_CODE:
+        p = root / part
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            if f.is_file():
+                h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class ScoreStore:
     """Persisted scores for one (target fingerprint, seed, dtype, device type, package version) context."""
@@ -53,11 +70,12 @@ class ScoreStore:
     dtype: str
     device_type: str
     version: str = field(default_factory=_package_version)
+    code: str = field(default_factory=code_fingerprint)
 
     @property
     def context(self) -> dict[str, Any]:
         return {"target_fingerprint": self.fingerprint, "seed": int(self.seed), "dtype": self.dtype,
-                "device_type": self.device_type, "package_version": self.version}
+                "device_type": self.device_type, "package_version": self.version, "scoring_code": self.code}
 
     @property
     def folder(self) -> Path:

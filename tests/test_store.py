@@ -195,3 +195,13 @@ def test_kill_9_mid_scoring_then_rerun_recomputes_nothing_finished(memorized_ddp
     pd.testing.assert_frame_equal(pd.read_parquet(folder / io.SCORES), pd.read_parquet(clean_folder / io.SCORES))
     # hashes only: recomputing the analysis here would compare two code versions if the tree changed meanwhile
     assert verify.verify(folder, recompute=False).ok
+
+
+def test_store_context_includes_the_scoring_code(tmp_path):
+    """Scores computed by other scoring code (same version string) are never reused."""
+    from audit.store import code_fingerprint
+
+    a = ScoreStore(tmp_path, "f" * 64, 0, "float32", "cpu")
+    b = ScoreStore(tmp_path, "f" * 64, 0, "float32", "cpu", code="0" * 16)
+    assert a.code == code_fingerprint() and a.folder != b.folder
+    assert ScoreStore(tmp_path, "f" * 64, 0, "float32", "cpu").folder == a.folder
