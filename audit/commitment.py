@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["COMMITTED_PLAN", "build_commitment", "commitment_sha256", "load_commitment", "check_before_scoring",
-           "check_target", "console"]
+           "check_plan", "check_evidence", "check_target", "console"]
 
 COMMITTED_PLAN = "committed_plan.json"
 _VERSION = 1
@@ -103,15 +103,18 @@ def load_commitment(path: str | os.PathLike[str]) -> dict[str, Any]:
     return record
 
 
-def check_before_scoring(record: dict[str, Any], plan: Any, entries: list[dict[str, Any]],
-                         manifest: str | None) -> None:
-    """Refuse (one-line ValueError) when the plan, the manifest or any image differs from the commitment."""
+def check_plan(record: dict[str, Any], plan: Any) -> None:
+    """Refuse (one-line ValueError) a plan that differs from the committed one."""
     if plan.sha256() != record.get("plan_sha256"):
         committed = record.get("plan") or {}
         now = plan.to_dict()
         diff = sorted(k for k in set(committed) | set(now) if committed.get(k) != now.get(k))
         raise ValueError(f"the analysis plan differs from the committed one (fields {diff[:6]}); change the "
                          "configuration back or commit a new plan with audit-plan")
+
+
+def check_evidence(record: dict[str, Any], entries: list[dict[str, Any]], manifest: str | None) -> None:
+    """Refuse (one-line ValueError) when the manifest or any image file differs from the commitment."""
     msha = _sha256_file(manifest) if manifest and os.path.isfile(manifest) else None
     if msha != record.get("manifest_sha256"):
         raise ValueError(f"the manifest {manifest} differs from the committed one (SHA-256 "
@@ -122,6 +125,13 @@ def check_before_scoring(record: dict[str, Any], plan: Any, entries: list[dict[s
     if changed:
         raise ValueError(f"{len(changed)} image file(s) differ from the committed evidence (changed, added or "
                          f"missing), e.g. {changed[0]}")
+
+
+def check_before_scoring(record: dict[str, Any], plan: Any, entries: list[dict[str, Any]],
+                         manifest: str | None) -> None:
+    """Both checks: the plan, then the manifest and every image."""
+    check_plan(record, plan)
+    check_evidence(record, entries, manifest)
 
 
 def check_target(record: dict[str, Any], fingerprint: str) -> None:
@@ -142,9 +152,14 @@ def commit_plan(cfg: Any, out_dir: str | os.PathLike[str]) -> Path:
     commitment. Nothing is scored."""
     from hydra.utils import instantiate
 
-    from audit.defaults import add_lora_calibration
-    from audit.pipeline import build_attacks, check_entries, read_entries_from_config, validate_config
-    from audit.stats.analysis import resolve_strata
+    from audit.pipeline import (
+        build_attacks,
+        check_entries,
+        complete_plan,
+        load_evidence_from_config,
+        read_entries_from_config,
+        validate_config,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,10 +169,11 @@ def commit_plan(cfg: Any, out_dir: str | os.PathLike[str]) -> Path:
         instantiate(cfg.scenario, _convert_="all").prepare(progress=bool(cfg.runtime.get("progress", True)))
     entries = read_entries_from_config(cfg.data)
     check_entries(entries)
-    plan, why = resolve_strata(plan, entries)
-    _, plan, lora_why = add_lora_calibration(cfg, build_attacks(cfg), plan)  # as audit-run decides it
-    why = " ".join(s for s in (why, lora_why) if s)
+    attacks = build_attacks(cfg)
     target = instantiate(cfg.target, _convert_="all")
+    # the same accepted works and the same decisions as audit-run (no score is computed)
+    evidence = load_evidence_from_config(cfg.data, target.info.resolution, False, entries=entries)
+    plan, _, why = complete_plan(cfg, plan, attacks, evidence)
     record = build_commitment(plan, why, entries, _manifest_path(cfg), target.fingerprint,
                               str(cfg.target.get("source")) if cfg.target.get("source") is not None else None)
     path = out / COMMITTED_PLAN

@@ -98,8 +98,9 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     """Run the audit described by ``cfg`` and write every artefact to ``out_dir``. Returns the report path
     (or the results folder when the report is disabled).
 
-    Order (each step's files are on disk before the next starts): config and manifest validated → plan
-    declared (``plan.json``) → model loaded → scores persisted batch by batch in the score store → scores,
+    Order (each step's files are on disk before the next starts): config, plan values and manifest validated
+    (and a committed plan's evidence checked) → model loaded → evidence decoded and validated → plan completed
+    from the accepted works and declared (``plan.json``) → scores persisted batch by batch in the score store → scores,
     images, features, metadata written → analysis → report → SHA-256 manifest and completion marker last.
     """
     t_start = time.time()
@@ -125,29 +126,17 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     entries = read_entries_from_config(cfg.data)  # columns and roles, before the model loads
     check_entries(entries)
     attacks = build_attacks(cfg)  # fail on a bad attack config before loading anything heavy
-    # stats.auto_strata: stratify by artist when the manifest allows it, decided before the plan is recorded
-    plan, strata_decision = resolve_strata(plan, entries)
-    log.info("analysis plan: %s", strata_decision)
-    from audit.defaults import add_lora_calibration
-
-    attacks, plan, lora_decision = add_lora_calibration(cfg, attacks, plan)  # base calibration for a LoRA target
-    if lora_decision:
-        log.info("%s", lora_decision)
-    decisions = " ".join(s for s in (strata_decision, lora_decision) if s)
     commitment = None
     if cfg.get("plan_commitment"):  # a plan committed beforehand with audit-plan: refuse any difference
         from audit import commitment as commit
 
         commitment = commit.load_commitment(cfg.plan_commitment)
-        commit.check_before_scoring(commitment, plan, entries, cfg.data.get("manifest"))
-    plan_record = declare_plan(plan, out, decisions)  # fixed (and hashed) before any score exists
+        commit.check_evidence(commitment, entries, cfg.data.get("manifest"))  # before the model loads
     t0 = time.time()
     target = instantiate(cfg.target, _convert_="all")
     timings["load_target_s"] = time.time() - t0
     if commitment is not None:
         commit.check_target(commitment, target.fingerprint)
-        plan_record["committed"] = commit.summary(commitment)
-        io.write_json(out / io.PLAN, plan_record)  # still before any score: says which commitment was checked
 
     t0 = time.time()
     evidence = load_evidence_from_config(cfg.data, target.info.resolution, progress, entries=entries)
@@ -156,6 +145,15 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         log.warning("rejected %s (%s): %s", rej.path, rej.role, rej.reason)
     if len(evidence) == 0:
         raise ValueError("no usable artworks: every manifest entry was rejected (see the reasons above)")
+    # The analysis plan is completed from the accepted works (stats.auto_strata; base calibration of a LoRA
+    # target) and recorded with its hash before any score exists.
+    plan, attacks, decisions = complete_plan(cfg, plan, attacks, evidence)
+    if commitment is not None:
+        commit.check_plan(commitment, plan)
+    plan_record = declare_plan(plan, out, decisions)
+    if commitment is not None:
+        plan_record["committed"] = commit.summary(commitment)
+        io.write_json(out / io.PLAN, plan_record)  # still before any score: says which commitment was checked
     t0 = time.time()
     from audit.stats.blind import blind_features
 
@@ -221,6 +219,21 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     report = analyze_and_report(run, plan, cfg.report, out, timings=timings, t_start=t_start)
     verify.seal(out)  # the SHA-256 manifest and the completion marker, written last
     return report
+
+
+def complete_plan(cfg: DictConfig, plan: Any, attacks: dict[str, Attack], evidence: EvidenceSet
+                  ) -> tuple[Any, dict[str, Attack], str]:
+    """The defaults that depend on what is audited, decided from the accepted works before scoring: strata
+    (:func:`audit.stats.analysis.resolve_strata`, on the accepted works so rejected files do not count) and
+    base calibration of a LoRA target (:func:`audit.defaults.add_lora_calibration`). Returns the plan, the
+    attacks and a sentence saying what was decided."""
+    from audit.defaults import add_lora_calibration
+
+    plan, strata_decision = resolve_strata(plan, [{"role": r.role, "artist": r.artist} for r in evidence.records])
+    attacks, plan, lora_decision = add_lora_calibration(cfg, attacks, plan)
+    decisions = " ".join(s for s in (strata_decision, lora_decision) if s)
+    log.info("analysis plan: %s", decisions)
+    return plan, attacks, decisions
 
 
 def declare_plan(stats_cfg: Any, out: Path, decisions: str | None = None) -> dict[str, Any]:
