@@ -158,6 +158,9 @@ def plain_summary(result: AuditResult) -> list[str]:
                     f"({plan.ci_level * 100:g}% bootstrap interval {st.lo:.1f}–{st.hi:.1f}).")
         txt += (f" {a.n_flagged_holm} work(s) can be named individually at α = {plan.alpha:g} after correcting for "
                 f"testing {a.n_bound} works (Holm).")
+        if a.members_lower_bound > a.n_flagged_holm:
+            txt += (" The count is larger than the number of named works because it is a statement about the group: "
+                    "it can say that many works were used without being able to say which ones.")
         out.append(txt)
     if not v.confirmatory:
         out.append("This report was regenerated with an analysis plan that differs from the one recorded before "
