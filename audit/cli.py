@@ -45,18 +45,24 @@ def user_error_line(exc: BaseException) -> str | None:
     return None
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="audit")
-def main(cfg: DictConfig) -> None:
-    from audit.pipeline import run_audit
-
+def run_reporting_user_errors(prog: str, fn, *args):
+    """``fn(*args)``; a user error ends the program with one line on stderr and exit status 2
+    (``HYDRA_FULL_ERROR=1`` re-raises it with its traceback)."""
     try:
-        run_audit(cfg, HydraConfig.get().runtime.output_dir)
+        return fn(*args)
     except Exception as e:
         line = user_error_line(e)
         if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"audit-run: error: {line}", file=sys.stderr)
+        print(f"{prog}: error: {line}", file=sys.stderr)
         sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="audit")
+def main(cfg: DictConfig) -> None:
+    from audit.pipeline import run_audit
+
+    run_reporting_user_errors("audit-run", run_audit, cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -184,16 +183,9 @@ def commit_plan(cfg: Any, out_dir: str | os.PathLike[str]) -> Path:
 def _main(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from audit.cli import user_error_line
+    from audit.cli import run_reporting_user_errors
 
-    try:
-        path = commit_plan(cfg, HydraConfig.get().runtime.output_dir)
-    except Exception as e:
-        line = user_error_line(e)
-        if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"audit-plan: error: {line}", file=sys.stderr)
-        sys.exit(2)
+    path = run_reporting_user_errors("audit-plan", commit_plan, cfg, HydraConfig.get().runtime.output_dir)
     rec = json.loads(path.read_text(encoding="utf-8"))
     print(f"plan committed: {path}\ncommitment SHA-256: {rec['commitment_sha256']}\n"
           f"score it with: audit-run <the same overrides> plan_commitment={path}")

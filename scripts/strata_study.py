@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,6 @@ import numpy as np
 from scipy import stats
 
 from audit.stats.tests import (
-    clopper_pearson,
     conformal_pvalues,
     holm,
     storey_pi0,
@@ -29,17 +29,10 @@ from audit.stats.tests import (
     van_elteren_test,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stats_review import fmt, rate  # noqa: E402  (one definition of the rate / CI formatting)
+
 ARTISTS = {"grid": -0.8, "stripes": -0.3, "circles": 0.2, "waves": 0.8}
-
-
-def rate(x) -> dict:
-    x = np.asarray(x, dtype=bool)
-    lo, hi = clopper_pearson(int(x.sum()), x.size)
-    return {"rate": float(x.mean()), "k": int(x.sum()), "n": int(x.size), "lo": lo, "hi": hi}
-
-
-def fmt(r: dict) -> str:
-    return f"{r['rate']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}] ({r['k']}/{r['n']})"
 
 
 def confounded(R: int, rng, n_control: int = 150, n_suspect: int = 20, alpha: float = 0.05) -> dict:

@@ -15,6 +15,18 @@ from audit.diffusion.base import DiffusionProcess, per_row
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
+
+def even_timesteps(num_train_timesteps: int, steps: int, start: int | None = None) -> list[int]:
+    """``steps`` evenly spaced integer timesteps from ``start`` (default T−1, pure noise) down towards 0."""
+    start = num_train_timesteps - 1 if start is None else int(start)
+    steps = int(steps)
+    if not 1 <= steps <= start + 1:
+        raise ValueError(f"need 1 ≤ steps ≤ {start + 1}, got {steps}")
+    ts = [round(start * (steps - i) / steps) for i in range(steps)]
+    if len(set(ts)) != len(ts):  # only possible for steps close to start; fall back to consecutive steps
+        ts = list(range(start, start - steps, -1))
+    return ts
+
 class VariancePreserving(DiffusionProcess):
     kind = "vp"
     default_loss_timesteps = (100, 200, 300)  # small-to-moderate t carry the most signal (Hu & Pang 2023)
@@ -83,14 +95,7 @@ class VariancePreserving(DiffusionProcess):
 
     def sampling_timesteps(self, steps: int, start: int | None = None) -> list[int]:
         """``steps`` evenly spaced integer timesteps from ``start`` (default T−1, pure noise) down towards 0."""
-        start = self.num_train_timesteps - 1 if start is None else int(start)
-        steps = int(steps)
-        if not 1 <= steps <= start + 1:
-            raise ValueError(f"need 1 ≤ steps ≤ {start + 1}, got {steps}")
-        ts = [round(start * (steps - i) / steps) for i in range(steps)]
-        if len(set(ts)) != len(ts):  # only possible for steps close to start; fall back to consecutive steps
-            ts = list(range(start, start - steps, -1))
-        return ts
+        return even_timesteps(self.num_train_timesteps, steps, start)
 
     def scheduler_timesteps(self, steps: int) -> list[int]:
         """The DDIM inference schedule for ``steps`` steps from the model's scheduler config (its spacing,

@@ -44,14 +44,9 @@ def sampling_timesteps(num_train_timesteps: int, steps: int, start: int | None =
     with a bare T; a target's own schedule is ``target.process.sampling_timesteps(steps)`` (for flow
     models the scheduler's shifted schedule).
     """
-    start = num_train_timesteps - 1 if start is None else int(start)
-    steps = int(steps)
-    if not 1 <= steps <= start + 1:
-        raise ValueError(f"need 1 ≤ steps ≤ {start + 1}, got {steps}")
-    ts = [round(start * (steps - i) / steps) for i in range(steps)]
-    if len(set(ts)) != len(ts):  # only possible for steps close to start; fall back to consecutive steps
-        ts = list(range(start, start - steps, -1))
-    return ts
+    from audit.diffusion.vp import even_timesteps
+
+    return even_timesteps(num_train_timesteps, steps, start)
 
 
 def generation_seeds(seed: int, prompt: str | None, n: int) -> list[int]:

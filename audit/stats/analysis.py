@@ -662,28 +662,32 @@ def _primary_data(scores: ScoreTable, plan: AnalysisPlan, primary: str) -> tuple
     return PrimaryData(plan.primary_label, tuple(plan.features), X, ids), notes
 
 
-def _strata_map(plan: AnalysisPlan, images: pd.DataFrame | None) -> tuple[dict[str, str] | None, str]:
-    """image_id → stratum for the placebo gate's leave-one-stratum-out check (plan.strata[0], else artist)."""
-    col = plan.strata[0] if plan.strata else "artist"
+def _stratum_values(images: pd.DataFrame | None, col: str) -> dict[str, str] | None:
+    """image_id → value of column ``col`` (blank values left out); None when the table has no such column."""
     if images is None or col not in images.columns or "image_id" not in images.columns:
-        if plan.strata:
-            raise ValueError(f"stats.strata names column {col!r}, which the image table does not have")
-        return None, col
+        return None
     vals = images[["image_id", col]].drop_duplicates("image_id")
     vals = vals[vals[col].notna() & (vals[col].astype(str).str.strip() != "")]
-    return (dict(zip(vals["image_id"], vals[col].astype(str))) or None), col
+    return dict(zip(vals["image_id"], vals[col].astype(str)))
+
+
+def _strata_map(plan: AnalysisPlan, images: pd.DataFrame | None) -> tuple[dict[str, str] | None, str]:
+    """image_id → stratum for the checks that look at strata (plan.strata[0], else artist)."""
+    col = plan.strata[0] if plan.strata else "artist"
+    vals = _stratum_values(images, col)
+    if vals is None and plan.strata:
+        raise ValueError(f"stats.strata names column {col!r}, which the image table does not have")
+    return (vals or None), col
 
 
 def _plan_strata_map(plan: AnalysisPlan, images: pd.DataFrame | None) -> dict[str, str] | None:
     """image_id → stratum for a stratified plan (None when the plan is not stratified)."""
     if not plan.strata:
         return None
-    col = plan.strata[0]
-    if images is None or col not in images.columns or "image_id" not in images.columns:
-        raise ValueError(f"the plan is stratified by {col!r} but the image table has no such column")
-    vals = images[["image_id", col]].drop_duplicates("image_id")
-    vals = vals[vals[col].notna() & (vals[col].astype(str).str.strip() != "")]
-    return dict(zip(vals["image_id"], vals[col].astype(str)))
+    vals = _stratum_values(images, plan.strata[0])
+    if vals is None:
+        raise ValueError(f"the plan is stratified by {plan.strata[0]!r} but the image table has no such column")
+    return vals
 
 
 def _run_gates(plan: AnalysisPlan, data: PrimaryData, features: pd.DataFrame | None,
@@ -820,12 +824,7 @@ def _sensitivity(scores: ScoreTable, images: pd.DataFrame | None, plan: Analysis
                  ) -> list[dict[str, Any]]:
     from audit.stats.sensitivity import sensitivity_rows
 
-    col = plan.strata[0] if plan.strata else "artist"
-    strata = None
-    if images is not None and col in images.columns and "image_id" in images.columns:
-        v = images[["image_id", col]].drop_duplicates("image_id")
-        v = v[v[col].notna() & (v[col].astype(str).str.strip() != "")]
-        strata = dict(zip(v["image_id"], v[col].astype(str))) or None
+    strata, col = _strata_map(plan, images)
     by_attack = {a: collapse_scores(scores, a)[0] for a in scores.attacks}
     return sensitivity_rows(by_attack, plan, primary, strata, col)
 
