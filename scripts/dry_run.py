@@ -94,16 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     # compose, not @hydra.main: a dry run creates no run folder
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="audit", overrides=list(sys.argv[1:] if argv is None else argv))
-    try:
-        _print(dry_run(cfg))
-    except Exception as e:  # the same user errors audit-run reports in one line (exit status 2)
-        from audit.cli import user_error_line
+    from audit.cli import run_reporting_user_errors
 
-        line = user_error_line(e)
-        if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"dry run refused: {line}", file=sys.stderr)
-        sys.exit(2)
+    # the same user errors audit-run reports in one line (exit status 2)
+    _print(run_reporting_user_errors("dry run", dry_run, cfg))
 
 
 if __name__ == "__main__":
