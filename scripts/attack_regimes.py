@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from audit.attacks import PIA, PIAN, LossAttack, score_evidence  # noqa: E402
-from audit.data import render_artwork  # noqa: E402
-from audit.models.ddpm import build_ddpm, train_ddpm  # noqa: E402
+from audit.groundtruth.synthetic import render_artwork  # noqa: E402
+from audit.groundtruth.ddpm import build_ddpm, train_ddpm  # noqa: E402
 from audit.stats import auc_with_ci, tpr_at_fpr  # noqa: E402
 from audit.targets.base import TargetInfo  # noqa: E402
 from audit.targets.models import PixelTarget  # noqa: E402

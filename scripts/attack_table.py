@@ -32,7 +32,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from audit.attacks import AttackSetupError, score_evidence  # noqa: E402
-from audit.data import render_artwork  # noqa: E402
+from audit.groundtruth.synthetic import render_artwork  # noqa: E402
 from audit.stats import auc_with_ci, tpr_at_fpr  # noqa: E402
 from audit.targets import load_target  # noqa: E402
 from audit.types import EvidenceSet, ImageRecord  # noqa: E402
@@ -55,7 +55,7 @@ def evidence(members: torch.Tensor, held_out: torch.Tensor, caption: str = "") -
 
 
 def build_ddpm_target(out: Path, res: int, n: int, channels, batch: int, steps: int):
-    from audit.models.ddpm import build_ddpm, save_ddpm, train_ddpm
+    from audit.groundtruth.ddpm import build_ddpm, save_ddpm, train_ddpm
 
     members, held_out = render(res, 0, n), render(res, 10_000, max(n, 64))
     if not (out / "model_index.json").is_file():
@@ -67,7 +67,7 @@ def build_ddpm_target(out: Path, res: int, n: int, channels, batch: int, steps: 
 
 def build_lora_target(out: Path):
     """Base SD-layout model on several artists; LoRA on one artist ("circles")."""
-    from audit.models.sd import build_tiny_sd, make_lora, train_tiny_sd
+    from audit.groundtruth.sd import build_tiny_sd, make_lora, train_tiny_sd
 
     base, lora = out / "base", out / "lora"
     artist = "circles"

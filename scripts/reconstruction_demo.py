@@ -34,8 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from audit.data import render_artwork  # noqa: E402
-from audit.models.ddpm import build_ddpm, save_ddpm, train_ddpm  # noqa: E402
+from audit.groundtruth.synthetic import render_artwork  # noqa: E402
+from audit.groundtruth.ddpm import build_ddpm, save_ddpm, train_ddpm  # noqa: E402
 from audit.reconstruction import run_reconstruction  # noqa: E402
 from audit.targets import load_target  # noqa: E402
 from audit.types import EvidenceSet, ImageRecord  # noqa: E402

@@ -56,11 +56,11 @@ def main() -> None:
     from peft.utils import get_peft_model_state_dict
 
     from audit.data import load_evidence
-    from audit.data.sources import dataset_entries, split_members
-    from audit.models.families import LORA_TARGETS, build_tiny_family
-    from audit.models.sd import _train_vae
+    from audit.groundtruth.sources import dataset_entries, split_members
+    from audit.groundtruth.families import LORA_TARGETS, build_tiny_family
+    from audit.groundtruth.sd import _train_vae
     from audit.targets import load_target
-    from audit.train import _as_float, _membership, _write_outputs
+    from audit.groundtruth.train import _as_float, _membership, _write_outputs
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     out = Path(a.out)

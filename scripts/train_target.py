@@ -7,7 +7,7 @@
 Writes to ``out`` (default ``.cache/audit/targets/<kind>_<source>``): the model, ``membership.json``
 (image SHA-256s and roles, seed, steps, training time and machine) and ``evidence.csv`` (a manifest the
 audit reads: ``audit-run scenario=null target=local target.source=<out> data=manifest
-data.manifest=<out>/evidence.csv``). Re-running resumes. See :mod:`audit.train`.
+data.manifest=<out>/evidence.csv``). Re-running resumes. See :mod:`audit.groundtruth.train`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from audit.cli import CONFIG_DIR  # noqa: E402
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train_target", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from audit.train import train_target
+    from audit.groundtruth.train import train_target
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from audit.data import render_artwork  # noqa: E402
+from audit.groundtruth.synthetic import render_artwork  # noqa: E402
 
 RES = 16  # pixel resolution of the tiny DDPMs
 N_MEMBERS = 16
@@ -57,7 +57,7 @@ def artworks(tmp_path_factory) -> tuple[list[Path], list[Path]]:
 @pytest.fixture(scope="session")
 def memorized_ddpm(tmp_path_factory, artworks) -> TinyDDPM:
     """A tiny DDPM trained long enough on 16 images to memorise them."""
-    from audit.models.ddpm import build_ddpm, save_ddpm, train_ddpm
+    from audit.groundtruth.ddpm import build_ddpm, save_ddpm, train_ddpm
 
     members, held_out = artworks
     unet, sched = build_ddpm(RES, channels=(16, 32, 32), seed=0)
@@ -82,7 +82,7 @@ def overfit_ddpm(tmp_path_factory) -> TensorSplit:
     (``memorized_ddpm``) ε_θ(x0, 0) is no longer a usable proximal noise and PIA's ranking inverts
     (measured here: AUC 0.1–0.3), while the loss attack is near-perfect.
     """
-    from audit.models.ddpm import build_ddpm, save_ddpm, train_ddpm
+    from audit.groundtruth.ddpm import build_ddpm, save_ddpm, train_ddpm
 
     artists = ["stripes", "circles", "grid", "waves"]
 
@@ -100,7 +100,7 @@ def overfit_ddpm(tmp_path_factory) -> TensorSplit:
 @pytest.fixture(scope="session")
 def untrained_ddpm(tmp_path_factory, artworks) -> TinyDDPM:
     """Same architecture, never trained: it cannot know which images are members."""
-    from audit.models.ddpm import build_ddpm, save_ddpm
+    from audit.groundtruth.ddpm import build_ddpm, save_ddpm
 
     members, held_out = artworks
     unet, sched = build_ddpm(RES, channels=(16, 32, 32), seed=1)
@@ -111,7 +111,7 @@ def untrained_ddpm(tmp_path_factory, artworks) -> TinyDDPM:
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny Stable-Diffusion-layout model (untrained) and a random non-zero LoRA for it."""
-    from audit.models.sd import build_tiny_sd, make_lora
+    from audit.groundtruth.sd import build_tiny_sd, make_lora
 
     root = tmp_path_factory.mktemp("sd")
     model = build_tiny_sd(root / "model", resolution=32, seed=0)

@@ -36,7 +36,7 @@ from audit.attacks import AttackSetupError, LossAttack, score_evidence  # noqa: 
 from audit.attacks.calibrated import Calibrated  # noqa: E402
 from audit.attacks.clid import CLiD, clip_caption  # noqa: E402
 from audit.attacks.wen import Wen, sampling_timesteps  # noqa: E402
-from audit.data import ARTISTS, render_artwork  # noqa: E402
+from audit.groundtruth.synthetic import ARTISTS, render_artwork  # noqa: E402
 from audit.stats import auc_with_ci  # noqa: E402
 from audit.targets import Target, load_target  # noqa: E402
 from audit.types import EvidenceSet, ImageRecord  # noqa: E402
@@ -105,7 +105,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def finetune(tmp_path_factory) -> FineTune:
-    from audit.models.sd import build_tiny_sd, make_lora, train_tiny_sd
+    from audit.groundtruth.sd import build_tiny_sd, make_lora, train_tiny_sd
 
     root = tmp_path_factory.mktemp("finetune")
     # base model: 24 works of each of the five artists (indices 100.., disjoint from the audited pool)

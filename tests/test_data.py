@@ -14,17 +14,15 @@ import torch
 from PIL import Image
 
 from audit.data import (
-    ARTISTS,
     ImageRejected,
     load_evidence,
-    make_artwork_folder,
     read_manifest,
-    render_artwork,
     scan_folder,
     sha256_file,
     validate_and_load,
     write_manifest,
 )
+from audit.groundtruth.synthetic import ARTISTS, make_artwork_folder, render_artwork
 from audit.types import EvidenceSet, ImageRecord, Rejection
 
 # --------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from audit.data import read_manifest
-from audit.demo import DemoScenario
+from audit.groundtruth.demo import DemoScenario
 
 
 def _tiny(root, **kw) -> DemoScenario:

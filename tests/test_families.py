@@ -1,7 +1,7 @@
 """Every model family through load_target: registry, process, attacks, costs, refusals, LoRA formats.
 
 Tiny random-weight models of each family (real diffusers classes at toy sizes, saved with
-``save_pretrained``, tokenizers built locally: audit/models/families.py) are loaded through the same
+``save_pretrained``, tokenizers built locally: audit/groundtruth/families.py) are loaded through the same
 ``load_target`` path a user's model takes. Membership detection on the new process is checked on a
 tiny SD3-layout (flow-matching) model fine-tuned on 8 works until it memorises them, against its own
 untrained base.
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from audit.attacks import (  # noqa: E402
     PIA, PIAN, PFAMI, AttackSetupError, Calibrated, CLiD, LossAttack, ReDiffuse, SecMI, SimA, Wen, score_evidence)
 from audit.attacks.gsa import GSA  # noqa: E402
-from audit.data import ARTISTS, render_artwork  # noqa: E402
+from audit.groundtruth.synthetic import ARTISTS, render_artwork  # noqa: E402
 from audit.diffusion import FlowMatching, VariancePreserving, img2img, make_process  # noqa: E402
 from audit.stats import auc_with_ci, mann_whitney  # noqa: E402
 from audit.targets import FAMILIES, TargetLoadError, load_target  # noqa: E402
@@ -69,7 +69,7 @@ def count_denoiser_calls(cls):
 
 @pytest.fixture(scope="session")
 def family_dirs(tmp_path_factory, tiny_sd, untrained_ddpm) -> dict[str, Path]:
-    from audit.models.families import build_tiny_family
+    from audit.groundtruth.families import build_tiny_family
 
     root = tmp_path_factory.mktemp("families")
     dirs = {f: build_tiny_family(f, root / f, seed=0) for f in NEW_FAMILIES}
@@ -260,7 +260,7 @@ def test_reference_calibration_on_every_family(family, family_dirs, tmp_path):
     assert (same.df["score"] == 0).all()
     if family in ("pixel", "sd"):
         return
-    from audit.models.families import build_tiny_family
+    from audit.groundtruth.families import build_tiny_family
 
     other = _load({family: build_tiny_family(family, tmp_path / "other", seed=5)}, family)
     diff = score_evidence(target, ev, {"cal": Calibrated(LossAttack(timesteps=[300], n_noise=1), reference=other)},
@@ -274,7 +274,7 @@ def test_kohya_and_peft_lora_layouts_give_the_unfused_adapter(family, family_dir
     import diffusers
     from safetensors.torch import load_file, save_file
 
-    from audit.models.families import make_random_lora, peft_to_kohya
+    from audit.groundtruth.families import make_random_lora, peft_to_kohya
 
     lora = make_random_lora(family_dirs[family], family, tmp_path / "peft", rank=4, seed=1)
     kohya = tmp_path / "kohya.safetensors"
@@ -313,7 +313,7 @@ def test_kohya_and_peft_lora_layouts_give_the_unfused_adapter(family, family_dir
 
 
 def test_flux_lora_applies_and_pixart_lora_is_refused(family_dirs, tmp_path):
-    from audit.models.families import make_random_lora
+    from audit.groundtruth.families import make_random_lora
 
     lora = make_random_lora(family_dirs["flux"], "flux", tmp_path / "flux_lora", rank=4, seed=2)
     base, tuned = _load(family_dirs, "flux"), _load(family_dirs, "flux", lora=str(lora))
@@ -353,7 +353,7 @@ def test_flow_generation_and_img2img_are_deterministic_and_counted(family, famil
 @pytest.fixture(scope="session")
 def flow_finetune(tmp_path_factory):
     """A tiny SD3-layout flow model, and a copy fine-tuned on 8 works until it memorises them."""
-    from audit.models.families import build_tiny_family, train_denoiser
+    from audit.groundtruth.families import build_tiny_family, train_denoiser
 
     root = tmp_path_factory.mktemp("flow_ft")
     base_dir = build_tiny_family("sd3", root / "base", seed=0, width=64, resolution=16)

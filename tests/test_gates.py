@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from audit.data import render_artwork
+from audit.groundtruth.synthetic import render_artwork
 from audit.stats import AnalysisPlan, analyze
 from audit.stats import gates as G
 from audit.stats.blind import blind_features, pixel_features

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from audit.models.sd import (
+from audit.groundtruth.sd import (
     LORA_TARGET_MODULES,
     LORA_WEIGHT_NAME,
     build_tiny_sd,

@@ -68,7 +68,7 @@ OTHER_PRIMARY = {"dataset": "train_target", "model": "train_target", "bench": "b
 def _check_script_group(group: str, option: str, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
 
-    from audit.data.sources import dataset_entries
+    from audit.groundtruth.sources import dataset_entries
 
     overrides = [f"{group}={option}", f"paths.cache_dir={tmp_path}", f"paths.results_dir={tmp_path}"]
     if group == "bench" and option == "local":

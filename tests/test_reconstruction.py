@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from audit.data import render_artwork
+from audit.groundtruth.synthetic import render_artwork
 from audit.reconstruction import (
     GenerationRecord,
     InpaintConfig,
@@ -72,7 +72,7 @@ def _as_roles(ev, mapping):
 def collapsed(tmp_path_factory) -> TensorSplit:
     """A (16, 32) DDPM trained on 4 works at 8×8 (8 copies each per batch, 600 steps) until its samples
     are copies of them — the small-fine-tuning-set case, at a size that trains in seconds."""
-    from audit.models.ddpm import build_ddpm, save_ddpm, train_ddpm
+    from audit.groundtruth.ddpm import build_ddpm, save_ddpm, train_ddpm
 
     members, held_out = _render(8, 0, 4), _render(8, 10_000, 16)
     unet, sched = build_ddpm(8, channels=(16, 32), seed=0)

@@ -85,7 +85,7 @@ def test_sd_layout_and_lora_score_through_the_same_attack_code(tiny_sd, artworks
 
 def test_lora_fused_matches_unfused_adapter(tiny_sd):
     """Fusing at load time must give the same predictions as the LoRA applied as an adapter."""
-    from audit.models.sd import load_sd_pipeline
+    from audit.groundtruth.sd import load_sd_pipeline
 
     model, lora = tiny_sd
     tuned = load_target(str(model), lora=str(lora), local_files_only=True)

@@ -13,7 +13,7 @@ from audit.benchmark import BenchmarkSettings, null_fpr, run_benchmark, set_leve
 from audit.cli import CONFIG_DIR
 from audit.data import read_manifest, sha256_file
 from audit.targets import load_target
-from audit.train import train_target
+from audit.groundtruth.train import train_target
 
 TINY = ["dataset=synthetic", "dataset.per_artist=6", "dataset.size=16", "model.resolution=16",
         "model.channels=[16,32,32]", "model.n_members=8", "model.n_nonmembers=16", "model.batch_size=8",
@@ -51,7 +51,7 @@ def test_train_target_writes_loadable_model_and_membership(trained: Path):
 
 def test_ddpm_training_resumes_bit_exactly(tmp_path):
     """An interrupted run resumed from its checkpoint ends with the weights of an uninterrupted run."""
-    from audit.models.ddpm import build_ddpm, train_ddpm
+    from audit.groundtruth.ddpm import build_ddpm, train_ddpm
 
     images = torch.rand(6, 3, 8, 8) * 2 - 1
     ref, sched = build_ddpm(8, channels=(8, 16), seed=0)
@@ -84,7 +84,7 @@ def test_ddpm_training_resumes_bit_exactly(tmp_path):
 
 
 def test_split_is_seeded_and_refuses_impossible_requests():
-    from audit.data.sources import split_members
+    from audit.groundtruth.sources import split_members
 
     entries = [{"path": f"/x/{i}.png", "category": "a" if i < 10 else "b"} for i in range(30)]
     a = split_members(entries, 4, 4, seed=1)

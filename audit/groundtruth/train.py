@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from audit.data import load_evidence, write_manifest
-from audit.data.sources import dataset_entries, split_members
+from audit.groundtruth.sources import dataset_entries, split_members
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _plain(cfg: Any) -> Any:
 
 
 def _train_ddpm(cfg: Any, out: Path, cache: Path, progress: bool) -> Path:
-    from audit.models.ddpm import build_ddpm, save_ddpm, train_ddpm
+    from audit.groundtruth.ddpm import build_ddpm, save_ddpm, train_ddpm
 
     m, seed = cfg["model"], int(cfg["seed"])
     if (out / "model_index.json").is_file() and (out / "membership.json").is_file():
@@ -114,7 +114,7 @@ def _machine(device: str) -> str:
 
 
 def _train_lora(cfg: Any, out: Path, cache: Path, progress: bool) -> Path:
-    from audit.models.sd import build_tiny_sd, make_lora, train_tiny_sd
+    from audit.groundtruth.sd import build_tiny_sd, make_lora, train_tiny_sd
 
     m, seed = cfg["model"], int(cfg["seed"])
     key, artist = m.get("group_key", "artist"), m["artist"]

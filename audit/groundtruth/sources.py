@@ -4,7 +4,7 @@ Three sources, each a list of manifest entries (``path``, ``caption``, ``artist`
 goes through the same validation and preprocessing as audit evidence (:func:`audit.data.load_evidence`),
 so a model is trained on exactly the pixels an audit later scores:
 
-- ``synthetic``: the procedural "artists" (:mod:`audit.data.synthetic`), rendered to PNG files;
+- ``synthetic``: the procedural "artists" (:mod:`audit.groundtruth.synthetic`), rendered to PNG files;
 - ``folder``: any image folder (sub-folders become the category; a ``.txt`` beside an image is its caption);
 - ``openclipart``: public-domain clip art from Debian's ``openclipart-png`` package (about 8,000 PNGs by
   many artists, grouped in category folders; RGBA, all sizes, one file of 168 megapixels — the shared
@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from audit.data.manifest import scan_folder
-from audit.data.synthetic import make_artwork_folder
+from audit.groundtruth.synthetic import make_artwork_folder
 
 __all__ = ["find_openclipart", "openclipart_entries", "synthetic_entries", "folder_entries", "dataset_entries",
            "split_members"]

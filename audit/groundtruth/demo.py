@@ -75,8 +75,9 @@ class DemoScenario:
         stamp = root / "scenario.json"
         if self.is_ready():
             return json.loads(stamp.read_text())
-        from audit.data import make_artwork_folder, write_manifest
-        from audit.models.ddpm import build_ddpm, save_ddpm, train_ddpm
+        from audit.data import write_manifest
+        from audit.groundtruth.synthetic import make_artwork_folder
+        from audit.groundtruth.ddpm import build_ddpm, save_ddpm, train_ddpm
 
         if root.exists():
             shutil.rmtree(root)  # stale scenario built with other parameters

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from audit.models.sd import _LOGVAR_INIT, _build_tokenizer, _latent_scaling_factor
+from audit.groundtruth.sd import _LOGVAR_INIT, _build_tokenizer, _latent_scaling_factor
 
 __all__ = ["FAMILY_BUILDERS", "build_tiny_family", "build_t5_tokenizer", "train_denoiser"]
 
