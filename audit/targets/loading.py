@@ -197,6 +197,39 @@ def _diffusers_lora_layout(pipe: Any, state: dict[str, torch.Tensor]) -> dict[st
     return converted
 
 
+def _components_not_in_file(single: Path, folder: Path, index: dict[str, Any]) -> dict[str, Any]:
+    """The text encoders and VAE a single ``.safetensors`` checkpoint does not hold, loaded from the config folder.
+
+    Many checkpoints ship only some components (SD3 / Flux files often only the denoiser, most without T5).
+    diffusers would look for the missing ones in the config folder under its own weight names only
+    (``diffusion_pytorch_model.*``), which misses a transformers folder's ``model.safetensors``; so the audit
+    passes them explicitly. What the file holds is decided by diffusers' own key checks.
+    """
+    if single.suffix != ".safetensors":
+        return {}
+    import diffusers
+    import transformers
+    from diffusers.loaders.single_file_utils import LDM_VAE_KEYS, is_clip_model_in_single_file, is_t5_in_single_file
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as f:
+        keys = set(f.keys())
+    out: dict[str, Any] = {}
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, (list, tuple)) or len(spec) != 2 or spec[1] is None:
+            continue
+        library, cls_name = spec
+        if library == "transformers" and name.startswith("text_encoder"):
+            cls = getattr(transformers, cls_name)
+            inside = is_clip_model_in_single_file(cls, keys) or (cls_name.startswith("T5") and is_t5_in_single_file(keys))
+            if not inside:
+                out[name] = cls.from_pretrained(str(folder), subfolder=name, local_files_only=True)
+        elif name == "vae" and not any(k.startswith(tuple(LDM_VAE_KEYS)) for k in keys):
+            out[name] = getattr(diffusers, cls_name).from_pretrained(str(folder), subfolder=name, local_files_only=True,
+                                                                     use_safetensors=True)
+    return out
+
+
 def _choose_family(index: dict[str, Any], kind: str, family: str | None, source: str):
     """The registered family for this folder: forced by ``family`` / ``kind``, else from ``_class_name``."""
     from audit.targets.registry import family_for_pipeline, family_named, supported_families
@@ -294,7 +327,9 @@ def load_target(
             if not fam.single_file or not hasattr(pipe_cls, "from_single_file"):
                 raise TargetLoadError(f"single-file checkpoints are not supported for {fam.title} models; "
                                       "give a diffusers folder")
-            pipe = pipe_cls.from_single_file(str(single), config=str(folder), local_files_only=True, **fam.load_kwargs)
+            lacking = _components_not_in_file(single, folder, index)  # taken from the config folder instead
+            pipe = pipe_cls.from_single_file(str(single), config=str(folder), local_files_only=True, **lacking,
+                                             **fam.load_kwargs)
         else:
             pipe = pipe_cls.from_pretrained(folder, **fam.load_kwargs, **common)
     except TargetLoadError:
