@@ -245,3 +245,37 @@ def test_report_has_glossary_references_declaration_and_provenance(tmp_path, aud
     assert 'class="inventory screen-only"' in raw
     blank = render_html(result, scores, images, rejected, metadata, tmp_path / "b.html").read_text(encoding="utf-8")
     assert "set report.expert.name" in html.unescape(blank)
+
+
+# --------------------------------------------------------------------------------------------------
+# every number in the report's text comes from the run's records (issue 13)
+# --------------------------------------------------------------------------------------------------
+def test_every_number_in_the_report_text_is_in_the_records(tmp_path, audit_inputs):
+    from audit.report.numbers import report_numbers, unexplained_numbers
+
+    result, scores, images, rejected, metadata = audit_inputs
+    raw = render_html(result, scores, images, rejected, metadata, tmp_path / "r.html").read_text(encoding="utf-8")
+    scanned = report_numbers(raw)
+    assert len(scanned) > 100  # the scan sees the prose and the tables, not an empty string
+    assert unexplained_numbers(raw, result.to_dict(), metadata) == []
+
+
+def test_the_number_scan_fails_on_a_hard_coded_sentence(tmp_path, audit_inputs, monkeypatch):
+    from audit.report.numbers import unexplained_numbers
+
+    result, scores, images, rejected, metadata = audit_inputs
+    # the sentence an earlier version printed in every report, whatever the run
+    monkeypatch.setattr(report_html, "plain_summary", lambda r: [
+        *plain_summary(r), "On the demo, 60 suspects: a standard deviation of about 6 works."])
+    raw = render_html(result, scores, images, rejected, metadata, tmp_path / "r.html").read_text(encoding="utf-8")
+    bad = unexplained_numbers(raw, result.to_dict(), metadata)
+    assert [tok for tok, _ in bad] == ["60"] and "60 suspects" in bad[0][1]
+
+
+def test_chance_words_follow_the_p_value():
+    assert report_html.chance_words(0.025) == "about 1 in 40"
+    assert report_html.chance_words(0.00021) == "about 1 in 4,800"
+    assert report_html.chance_words(9.999e-5) == "less than 1 in ten thousand"
+    assert report_html.chance_words(5.6e-17) == "less than 1 in a trillion"
+    assert report_html.chance_words(3e-10) == "less than 1 in a billion"
+    assert report_html.chance_words(0.7) == "about even odds or more"

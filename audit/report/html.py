@@ -75,17 +75,30 @@ def _image_lookup(images: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- prose
+_POWERS_OF_TEN = {4: "ten thousand", 5: "a hundred thousand", 6: "a million", 7: "ten million",
+                  8: "a hundred million", 9: "a billion", 10: "ten billion", 11: "a hundred billion",
+                  12: "a trillion"}
+
+
+def chance_number(p: float | None) -> int | None:
+    """N of "about 1 in N" for 1e-4 ≤ p < 0.5 (two significant figures from 100 on), else None."""
+    if p is None or not math.isfinite(p) or p >= 0.5 or p < 1e-4 or p <= 0:
+        return None
+    n = 1.0 / p
+    n = round(n, -int(math.floor(math.log10(n))) + 1) if n >= 100 else round(n)
+    return int(n)
+
+
 def chance_words(p: float | None) -> str:
-    """A p-value in words for a lay reader: "about 1 in 40", "less than 1 in 10,000"."""
+    """A p-value in words for a lay reader: "about 1 in 40", "less than 1 in a million"."""
     if p is None or not math.isfinite(p):
         return ""
     if p >= 0.5:
         return "about even odds or more"
     if p < 1e-4:
-        return "less than 1 in 10,000"
-    n = 1.0 / p
-    n = round(n, -int(math.floor(math.log10(n))) + 1) if n >= 100 else round(n)
-    return f"about 1 in {int(n):,}"
+        k = min(int(math.floor(-math.log10(p))) if p > 0 else 12, 12)
+        return f"less than 1 in {_POWERS_OF_TEN[k]}"
+    return f"about 1 in {chance_number(p):,}"
 
 
 def plain_headline(result: AuditResult) -> str:
