@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -279,3 +280,59 @@ def test_chance_words_follow_the_p_value():
     assert report_html.chance_words(5.6e-17) == "less than 1 in a trillion"
     assert report_html.chance_words(3e-10) == "less than 1 in a billion"
     assert report_html.chance_words(0.7) == "about even odds or more"
+
+
+def test_thumbnails_pair_each_suspect_with_its_nearest_same_artist_controls_and_check_hashes(tmp_path):
+    from PIL import Image
+
+    from audit.data import sha256_file
+    from audit.groundtruth.synthetic import render_artwork
+    from audit.report.thumbnails import thumbnail_panel
+    from audit.stats.blind import pixel_features
+
+    rows, pix = [], []
+    for role, n in (("suspect", 3), ("control", 12)):
+        for i in range(n):
+            artist = ("stripes", "circles")[i % 2]
+            arr = render_artwork(artist, i + (100 if role == "suspect" else 0), size=32, seed=1)
+            path = tmp_path / f"{role}_{i}.png"
+            Image.fromarray(arr).save(path)
+            rows.append({"image_id": sha256_file(path), "role": role, "path": str(path), "artist": artist})
+            pix.append(arr)
+    images = pd.DataFrame(rows)
+    features = pixel_features(np.stack(pix).transpose(0, 3, 1, 2)).assign(image_id=images["image_id"], role=images["role"])
+    rng = np.random.default_rng(0)
+    scores = ScoreTable(pd.DataFrame([dict(image_id=r["image_id"], role=r["role"], attack="loss",
+                                           attack_params_hash="p", target_fingerprint="f", seed=0,
+                                           score=float(rng.normal(1.0 if r["role"] == "suspect" else 0.0)))
+                                      for r in rows]))
+    plan = AnalysisPlan(n_permutations=99, n_bootstrap=50, gates=(), strata=("artist",))
+    result = analyze(scores, images, plan, recorded_plan_sha256=plan.sha256())
+    # one control changed on disk after the audit, one deleted
+    changed = images[images.role == "control"].iloc[0]
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(changed["path"])
+    missing = images[images.role == "control"].iloc[1]
+    Path(missing["path"]).unlink()
+
+    panel = thumbnail_panel(result, images, features, limit=24, k=3)
+    assert panel["n_shown"] == 3 and panel["stratified"]
+    artist_of = dict(zip(images.image_id, images.artist))
+    notes = {}
+    for row in panel["rows"]:
+        assert row["b64"] and base64.b64decode(row["b64"]).startswith(PNG_MAGIC)
+        assert len(row["controls"]) == 3
+        assert all(artist_of[c["image_id"]] == artist_of[row["image_id"]] for c in row["controls"])
+        d = [c["distance"] for c in row["controls"]]
+        assert d == sorted(d)
+        notes.update({c["image_id"]: c["note"] for c in row["controls"]})
+    if changed["image_id"] in notes:
+        assert "SHA-256 mismatch" in notes[changed["image_id"]]
+    if missing["image_id"] in notes:
+        assert notes[missing["image_id"]] == "file not available here"
+    # a file that changed is never drawn, whichever panel shows it
+    from audit.report.thumbnails import thumbnail
+
+    assert thumbnail(changed["path"], changed["image_id"]) == (None, "file differs from the audited one (SHA-256 mismatch)")
+    assert thumbnail(missing["path"], missing["image_id"])[0] is None
+    html_text = render_html(result, scores, images, [], {}, tmp_path / "r.html", features).read_text(encoding="utf-8")
+    assert 'id="thumbnails"' in html_text and html_text.count('alt="suspect ') == 3

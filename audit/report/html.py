@@ -369,7 +369,20 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
         reconstruction=_reconstruction(run_folder), path_root=path_root,
         glossary=GLOSSARY, bibliography=BIBLIOGRAPHY, declaration=DECLARATION, expert=expert_from_config(cfg),
         provenance=report_provenance(meta), exhibit=meta.get("inventory_exhibit"),
+        thumbnails=_thumbnails(result, images, features, cfg),
     )
+
+
+def _thumbnails(result: AuditResult, images: pd.DataFrame | None, features: pd.DataFrame | None,
+                cfg: dict[str, Any]) -> dict[str, Any] | None:
+    from audit.report.thumbnails import thumbnail_panel
+
+    limit = (cfg.get("report") or {}).get("thumbnails", 24)
+    try:
+        return thumbnail_panel(result, images, features, limit=int(limit if limit is not None else 0))
+    except Exception as e:  # an optional figure must not cost the report
+        log.warning("thumbnail panel left out: %s: %s", type(e).__name__, e)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- writers
