@@ -312,6 +312,83 @@ def test_kohya_and_peft_lora_layouts_give_the_unfused_adapter(family, family_dir
     assert (e_kh - e_peft).abs().max() > 1e-4
 
 
+def test_sdxl_kohya_file_in_sgm_block_names_gives_the_unfused_adapter(family_dirs, tmp_path):
+    """kohya's SDXL scripts name modules as the original UNet does (``input_blocks_4_1_…``); diffusers renumbers
+    them with the UNet's own layers_per_block (the tiny UNet has 1, SDXL 2: a wrong guess maps to wrong blocks)."""
+    from safetensors.torch import load_file, save_file
+
+    from audit.groundtruth.families import make_random_lora, peft_to_kohya
+
+    lora = make_random_lora(family_dirs["sdxl"], "sdxl", tmp_path / "peft", rank=4, seed=3)
+    state = load_file(str(lora / "pytorch_lora_weights.safetensors"))
+    config = json.loads((family_dirs["sdxl"] / "unet" / "config.json").read_text())
+    sgm = peft_to_kohya(state, rank=4, alpha=2.0, unet_config=config)
+    assert any("_input_blocks_" in k for k in sgm) and any("_output_blocks_" in k for k in sgm)
+    assert not any("down_blocks" in k or "up_blocks" in k for k in sgm)
+    save_file(sgm, str(tmp_path / "sgm.safetensors"))
+    fused = _load(family_dirs, "sdxl", lora=str(tmp_path / "sgm.safetensors"))
+    unfused = _load(family_dirs, "sdxl")
+    unfused.pipe.load_lora_weights(str(tmp_path / "sgm.safetensors"))  # peft adapter, not fused
+    base = _load(family_dirs, "sdxl")
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond = base.encode_text(["a red circle", "blue"])
+    with torch.inference_mode():
+        e_fused, e_unfused, e_base = (t.predict_noise(x, 300, cond) for t in (fused, unfused, base))
+    assert (e_fused - e_base).abs().max() > 1e-3
+    torch.testing.assert_close(e_fused, e_unfused, rtol=1e-4, atol=1e-5)
+    # and it is the peft adapter at scale alpha / rank = 0.5
+    half = {k: v * 0.5 if "lora_B" in k else v for k, v in state.items()}
+    save_file(half, str(tmp_path / "peft_half.safetensors"))
+    with torch.inference_mode():
+        e_peft = _load(family_dirs, "sdxl", lora=str(tmp_path / "peft_half.safetensors")).predict_noise(x, 300, cond)
+    torch.testing.assert_close(e_fused, e_peft, rtol=1e-4, atol=1e-5)
+
+
+def test_flux_kohya_lora_fused_equals_the_unfused_adapter_and_the_weight_update(family_dirs, tmp_path):
+    """A kohya / sd-scripts Flux file (original BFL names, fused qkv, alpha ≠ rank) applied and fused by
+    load_target = the same file as diffusers' unfused peft adapter = the base weights plus (α/r)·up·down
+    written by hand into the matching diffusers projections (q, k, v as row blocks of the fused update)."""
+    from safetensors.torch import load_file
+
+    from audit.groundtruth.families import make_kohya_flux_lora
+
+    rank, alpha = 4, 2.0
+    kohya = make_kohya_flux_lora(family_dirs["flux"], tmp_path / "flux_kohya.safetensors", rank=rank, seed=4,
+                                 alpha=alpha)
+    fused = _load(family_dirs, "flux", lora=str(kohya))
+    assert fused.info.lora == (str(kohya),)  # every module of the file was applied (strict)
+    unfused = _load(family_dirs, "flux")
+    unfused.pipe.load_lora_weights(str(kohya))
+    by_hand = _load(family_dirs, "flux")
+    net, sd = by_hand.denoiser, load_file(str(kohya))
+    inner = net.config.num_attention_heads * net.config.attention_head_dim
+    targets = {"double_blocks_0_img_attn_qkv": ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k",
+                                                "transformer_blocks.0.attn.to_v"],
+               "double_blocks_0_txt_attn_qkv": ["transformer_blocks.0.attn.add_q_proj",
+                                                "transformer_blocks.0.attn.add_k_proj",
+                                                "transformer_blocks.0.attn.add_v_proj"],
+               "double_blocks_0_img_attn_proj": ["transformer_blocks.0.attn.to_out.0"],
+               "double_blocks_0_txt_attn_proj": ["transformer_blocks.0.attn.to_add_out"],
+               "double_blocks_0_img_mlp_0": ["transformer_blocks.0.ff.net.0.proj"],
+               "single_blocks_0_linear2": ["single_transformer_blocks.0.proj_out"]}
+    modules = dict(net.named_modules())
+    with torch.no_grad():
+        for name, dests in targets.items():
+            delta = (alpha / rank) * sd[f"lora_unet_{name}.lora_up.weight"] @ sd[f"lora_unet_{name}.lora_down.weight"]
+            rows = delta.split(inner) if len(dests) == 3 else [delta]
+            for dest, d in zip(dests, rows):
+                modules[dest].weight += d
+    cond = by_hand.encode_text(["a red circle", "blue"])
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    base = _load(family_dirs, "flux")
+    with torch.inference_mode():
+        e = {k: t.predict_noise(x, 400, cond) for k, t in
+             {"fused": fused, "unfused": unfused, "by_hand": by_hand, "base": base}.items()}
+    assert (e["fused"] - e["base"]).abs().max() > 1e-3
+    torch.testing.assert_close(e["fused"], e["unfused"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(e["fused"], e["by_hand"], rtol=1e-4, atol=1e-5)
+
+
 def test_flux_lora_applies_and_pixart_lora_is_refused(family_dirs, tmp_path):
     from audit.groundtruth.families import make_random_lora
 

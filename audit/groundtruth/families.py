@@ -227,17 +227,57 @@ def make_random_lora(model_dir: str | os.PathLike, family: str, out_dir: str | o
     return out
 
 
-def peft_to_kohya(state: dict[str, torch.Tensor], rank: int, alpha: float | None = None) -> dict[str, torch.Tensor]:
+def peft_to_kohya(state: dict[str, torch.Tensor], rank: int, alpha: float | None = None,
+                  unet_config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """Rewrite a diffusers/peft UNet LoRA (``unet.<module>.lora_A.weight``) in the kohya / A1111 key layout
     (``lora_unet_<module with _>.lora_down.weight``, ``lora_up``, and ``alpha``; the adapter's scale is
-    alpha / rank, default alpha = rank, i.e. scale 1)."""
+    alpha / rank, default alpha = rank, i.e. scale 1).
+
+    Module names stay diffusers' (``down_blocks_1_attentions_0_…``, as kohya's SD 1.x scripts write them),
+    or, given ``unet_config``, become the SGM / LDM names kohya's SDXL scripts write
+    (``input_blocks_4_1_transformer_blocks_0_attn1_to_q``)."""
+    from audit.groundtruth.single_file import unet_to_ldm
+
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not key.startswith("unet."):
             raise ValueError(f"only UNet LoRA keys can be rewritten here, got {key}")
         module, _, rest = key[len("unet."):].rpartition(".lora_")
+        if unet_config is not None:
+            (ldm,) = unet_to_ldm({module + ".weight": value}, unet_config)
+            module = ldm[: -len(".weight")]
         kohya = "lora_unet_" + module.replace(".", "_")
         part = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[rest]
         out[f"{kohya}.{part}"] = value.clone()
         out[f"{kohya}.alpha"] = torch.tensor(float(rank if alpha is None else alpha))
     return out
+
+
+def make_kohya_flux_lora(model_dir: str | os.PathLike, out_file: str | os.PathLike, *, rank: int = 4, seed: int = 0,
+                         alpha: float | None = None, init_scale: float = 0.3) -> Path:
+    """A seeded Flux LoRA in the kohya / sd-scripts layout, on the original (BFL) module names: the fused
+    ``double_blocks_0_img_attn_qkv`` / ``txt_attn_qkv`` (one down-projection for q, k and v together), the
+    attention output projections, the image MLP, and ``single_blocks_0_linear2``; ``alpha`` per module
+    (default: rank). (The single blocks' fused ``linear1`` is left out: diffusers 0.42 splits it with
+    Flux.1's fixed widths, 3072 / 12288, which a toy model does not have.)"""
+    import json
+
+    from safetensors.torch import save_file
+
+    cfg = json.loads((Path(model_dir) / "transformer" / "config.json").read_text())
+    inner = int(cfg["num_attention_heads"]) * int(cfg["attention_head_dim"])
+    mlp = int(inner * float(cfg.get("mlp_ratio", 4.0)))
+    shapes = {"double_blocks_0_img_attn_qkv": (3 * inner, inner), "double_blocks_0_txt_attn_qkv": (3 * inner, inner),
+              "double_blocks_0_img_attn_proj": (inner, inner), "double_blocks_0_txt_attn_proj": (inner, inner),
+              "double_blocks_0_img_mlp_0": (mlp, inner), "single_blocks_0_linear2": (inner, inner + mlp)}
+    g = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, (n_out, n_in) in shapes.items():
+        key = f"lora_unet_{name}"
+        state[f"{key}.lora_down.weight"] = init_scale * torch.randn(rank, n_in, generator=g)
+        state[f"{key}.lora_up.weight"] = init_scale * torch.randn(n_out, rank, generator=g)
+        state[f"{key}.alpha"] = torch.tensor(float(rank if alpha is None else alpha))
+    path = Path(out_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path

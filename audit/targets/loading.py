@@ -175,10 +175,14 @@ def _diffusers_lora_layout(pipe: Any, state: dict[str, torch.Tensor]) -> dict[st
         return state
     from diffusers.utils import convert_unet_state_dict_to_peft
 
+    # SGM-layout (input_blocks / output_blocks) kohya SDXL files are renumbered with the UNet's own
+    # layers_per_block, as the pipeline's load_lora_weights does (without it diffusers assumes 2)
+    unet = getattr(pipe, "unet", None)
+    extra = {"unet_config": unet.config} if unet is not None else {}
     try:
-        out = pipe.lora_state_dict(dict(state), return_alphas=True)
+        out = pipe.lora_state_dict(dict(state), return_alphas=True, **extra)
     except TypeError:  # pipelines whose lora_state_dict has no return_alphas
-        out = pipe.lora_state_dict(dict(state))
+        out = pipe.lora_state_dict(dict(state), **extra)
     converted, alphas = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
     converted = dict(converted)
     for key, alpha in (alphas or {}).items():
