@@ -59,10 +59,17 @@ def run_reporting_user_errors(prog: str, fn, *args):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="audit")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from audit.pipeline import run_audit
 
     run_reporting_user_errors("audit-run", run_audit, cfg, HydraConfig.get().runtime.output_dir)
+
+
+def main() -> None:
+    from audit.parallel.launcher import worker_rank_argv
+
+    sys.argv = worker_rank_argv(sys.argv)  # accelerate ranks > 0: no results folder of their own (rank 0 writes it)
+    _main()
 
 
 if __name__ == "__main__":

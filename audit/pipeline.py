@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from audit import io, verify
 from audit.attacks import Attack, score_evidence
 from audit.stats.analysis import resolve_strata
-from audit.store import ScoreStore, score_with_store
+from audit.store import ScoreStore
 from audit.types import EvidenceSet
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,9 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     validate_config(cfg)  # plain values first: nothing is built on a bad batch size, dtype or seed
+    from audit.parallel import ScaleRun
+
+    scale = ScaleRun.from_config(cfg)  # sharding (accelerate / launcher jobs / merge) and throughput keys checked
     rt = cfg.runtime
     if rt.get("num_threads"):
         torch.set_num_threads(int(rt.num_threads))
@@ -133,7 +136,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         commitment = commit.load_commitment(cfg.plan_commitment)
         commit.check_evidence(commitment, entries, cfg.data.get("manifest"))  # before the model loads
     t0 = time.time()
-    target = instantiate(cfg.target, _convert_="all")
+    target = scale.load_target(cfg)  # the merge job reads the shards' records instead of loading the model
     timings["load_target_s"] = time.time() - t0
     if commitment is not None:
         commit.check_target(commitment, target.fingerprint)
@@ -154,6 +157,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     if commitment is not None:
         plan_record["committed"] = commit.summary(commitment)
         io.write_json(out / io.PLAN, plan_record)  # still before any score: says which commitment was checked
+    plan_record = scale.after_plan(plan_record, out)  # all shards declared it before scoring
     t0 = time.time()
     from audit.stats.blind import blind_features
 
@@ -166,11 +170,13 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     if store_root:
         store = ScoreStore(Path(str(store_root)), target.fingerprint, int(cfg.seed),
                            str(target.dtype).replace("torch.", ""), torch.device(target.device).type)
-    scores, store_stats = score_with_store(target, evidence, attacks, store, batch_size=int(rt.batch_size),
-                                           seed=int(cfg.seed), progress=progress)
+    scores, store_stats = scale.score(target, evidence, attacks, store, batch_size=int(rt.batch_size),
+                                      seed=int(cfg.seed), progress=progress)
     timings["scoring_s"] = time.time() - t0
+    if scores is None:  # one shard of a sharded run: its scores are in the store, the merge writes the results
+        return out
 
-    described = {name: a.describe() for name, a in attacks.items()}
+    described = scale.describe_attacks(attacks)
     # reference models (calibrated attacks) count their own evaluations; one entry per distinct model
     reference_evals = {d["reference"]["fingerprint"]: d["reference"]["unet_evals"]
                        for d in described.values() if "reference" in d}
@@ -194,6 +200,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         "scenario": scenario_record,
         "analysis_plan": plan_record,
     }
+    scale.annotate(metadata)  # shards, their evaluations and the throughput settings
     if cfg.get("reconstruction") and cfg.reconstruction.get("enabled", False):
         # reconstruction tests (issue 4): recon_* rows join the ScoreTable, figures + seeds go to <out>/reconstruction
         from audit.reconstruction import run_reconstruction

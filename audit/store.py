@@ -24,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import pandas as pd
 
@@ -82,11 +82,15 @@ class ScoreStore:
         digest = hashlib.sha256(json.dumps(self.context, sort_keys=True).encode()).hexdigest()[:32]
         return Path(self.root) / digest
 
+    @staticmethod
+    def empty() -> pd.DataFrame:
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c == "score" else "object") for c in _KEY + ["score"]})
+
     def load(self) -> pd.DataFrame:
         """Every finished score of this context: columns image_id, attack, attack_params_hash, score."""
         files = sorted(self.folder.glob("batch-*.parquet")) if self.folder.is_dir() else []
         if not files:
-            return pd.DataFrame({c: pd.Series(dtype="float64" if c == "score" else "object") for c in _KEY + ["score"]})
+            return self.empty()
         df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
         return df.drop_duplicates(subset=_KEY, keep="first")[_KEY + ["score"]]
 
@@ -117,34 +121,40 @@ class StoreStats:
 
 
 def score_with_store(target: Any, evidence: EvidenceSet, attacks: Mapping[str, Any], store: ScoreStore | None, *,
-                     batch_size: int, seed: int, progress: bool = True) -> tuple[ScoreTable, StoreStats]:
+                     batch_size: int, seed: int, progress: bool = True, batches: Collection[int] | None = None,
+                     on_batch: Callable[[int, bool], None] | None = None) -> tuple[ScoreTable, StoreStats]:
     """Score ``evidence`` with ``attacks`` batch by batch, reusing and persisting scores in ``store``.
 
     A batch whose (image, attack) scores are all stored is skipped; otherwise only the missing attacks of
     the batch's missing images are computed (one :func:`~audit.attacks.score_evidence` call) and persisted
     before the next batch starts. Without a store this is one plain scoring pass.
+    ``batches``: indices of the batches (``range(0, n, batch_size)``) to score and return, e.g. one shard of a
+    sharded run (:mod:`audit.parallel`); None = all. ``on_batch(n_images, computed)`` after each batch.
     """
     from audit.attacks import score_evidence
 
     if batch_size < 1:
         raise ValueError(f"runtime.batch_size must be a positive integer, got {batch_size}")
     stats = StoreStats()
-    if store is None:
+    if store is None and batches is None:
         table = score_evidence(target, evidence, attacks, batch_size=batch_size, seed=seed, progress=progress)
         stats.computed = len(table.df)
         return ScoreTable(table.df[list(SCORE_COLUMNS)]), stats
     for attack in attacks.values():  # fail at once on a misconfigured attack, before any batch
         attack.check_target(target)
     hashes = {name: params_hash(a.params()) for name, a in attacks.items()}
-    have = store.load()
+    have = store.load() if store is not None else ScoreStore.empty()
     done = {(r.image_id, r.attack, r.attack_params_hash): float(r.score) for r in have.itertuples(index=False)}
     n = len(evidence)
-    for start in range(0, n, batch_size):
+    starts = [s for k, s in enumerate(range(0, n, batch_size)) if batches is None or k in batches]
+    for start in starts:
         stop = min(start + batch_size, n)
         recs = evidence.records[start:stop]
         missing = {name for name in attacks for r in recs if (r.image_id, name, hashes[name]) not in done}
         if not missing:
             stats.batches_reused += 1
+            if on_batch is not None:
+                on_batch(stop - start, False)
             continue
         todo = [i for i, r in enumerate(recs, start) if any((r.image_id, m, hashes[m]) not in done for m in missing)]
         sub = EvidenceSet([evidence.records[i] for i in todo], evidence.pixels[todo])
@@ -152,15 +162,18 @@ def score_with_store(target: Any, evidence: EvidenceSet, attacks: Mapping[str, A
                               batch_size=len(todo), seed=seed, progress=False).df
         part = part[[(i, a, h) not in done for i, a, h in zip(part["image_id"], part["attack"],
                                                                 part["attack_params_hash"])]]
-        store.save(part)
+        if store is not None:
+            store.save(part)
         stats.batches_computed += 1
         for r in part.itertuples(index=False):
             done[(r.image_id, r.attack, r.attack_params_hash)] = float(r.score)
-        if progress:
+        if on_batch is not None:
+            on_batch(stop - start, True)
+        elif progress:
             log.info("scored batch %d-%d of %d (persisted)", start, stop, n)
     # rows in the order of a plain scoring pass: batch by batch, attack by attack within a batch
     rows = []
-    for start in range(0, n, batch_size):
+    for start in starts:
         recs = evidence.records[start:start + batch_size]
         for name in attacks:
             rows += [(r.image_id, r.role, name, hashes[name], done[(r.image_id, name, hashes[name])]) for r in recs]
