@@ -2,7 +2,7 @@
 
 A target given as base model + LoRA is a fine-tune: its members differ from other works of the same artist
 mostly in what the LoRA changed, so the measured default is reference calibration against the base
-(DESIGN.md: on a held-out LoRA audit the plain loss answered p = 0.77 for 30 trained works, the
+(docs/methodology.md §2: on a held-out LoRA audit the plain loss answered p = 0.77 for 30 trained works, the
 base-calibrated loss p = 8e-10). :func:`add_lora_calibration` adds that attack and makes it the primary
 statistic unless the user chose one; ``calibrate_lora=false`` switches it off.
 """

@@ -1,6 +1,6 @@
 """Text-conditional attacks (CLiD, Wen et al.) and reference calibration on a real tiny fine-tune case.
 
-The scenario of DESIGN.md at CPU size: a tiny Stable-Diffusion-layout base model is trained on a broad
+The scenario of docs/methodology.md §2 at CPU size: a tiny Stable-Diffusion-layout base model is trained on a broad
 set of procedural artworks (five artists), then a LoRA is fine-tuned on 20 works of one artist
 ("circles"). The audit question is whether fine-tune members can be told apart from 40 held-out works
 of the same artist, in the same style, neither of which the base model saw. Each work has its own
@@ -152,7 +152,7 @@ def audit_scores(finetune):
 
 # ---------------------------------------------------------------------------------------------- detection
 def test_base_calibration_beats_uncalibrated_loss_on_the_fine_tune(audit_scores):
-    """DESIGN.md: uncalibrated loss ≈ 0.54 → base-calibrated ≈ 0.90 on a held-out LoRA fine-tune."""
+    """docs/methodology.md §2: uncalibrated loss ≈ 0.54 → base-calibrated ≈ 0.90 on a held-out LoRA fine-tune."""
     _, auc = audit_scores
     cal, raw = auc["loss_calibrated"], auc["loss"]
     assert cal.auc > raw.auc + 0.1, (cal, raw)

@@ -69,7 +69,7 @@ def test_min_controls_for_is_the_boundary_holm_applies(alpha, n_tests):
     for n_c, expect in ((n, True), (n - 1, False)):
         p = conformal_pvalues(np.full(n_tests, 1e9), np.zeros(n_c))
         assert bool(np.all(holm(p) <= alpha)) is expect
-    assert min_controls_for(0.05, 40) == 799  # DESIGN.md: 85 controls are far too few for 40 works
+    assert min_controls_for(0.05, 40) == 799  # docs/methodology.md §3: 85 controls are far too few for 40 works
 
 
 # ---------------------------------------------------------------- set-level tests

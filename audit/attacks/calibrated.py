@@ -9,7 +9,7 @@ Importance of Difficulty Calibration in Membership Inference Attacks", ICLR 2022
 form of reference-model attacks (Carlini et al., "Membership Inference Attacks From First Principles",
 IEEE S&P 2022), with one known-clean reference model instead of trained shadow models.
 
-Measured: on a held-out LoRA fine-tune of one artist's works (DESIGN.md) uncalibrated loss AUC ≈ 0.54,
+Measured: on a held-out LoRA fine-tune of one artist's works (docs/methodology.md §2) uncalibrated loss AUC ≈ 0.54,
 base-calibrated ≈ 0.90; on the tiny fine-tunes of tests/test_attacks_text_calibration.py (20 members vs
 40 held-out works of one artist) 0.62–0.77 → 0.92–0.99.
 

@@ -2,7 +2,7 @@
 
 A set-level test is only as good as its null: it assumes that a suspect work that was *not* in the
 training data is exchangeable with the control works. The gates probe that assumption and the test's
-behaviour on the data at hand (DESIGN.md, "Statistical methodology"):
+behaviour on the data at hand (docs/methodology.md §6):
 
 * **blind baseline** — model-free image features (colour, texture, size, format, compression, caption
   length) in two tests: (a) the cross-fitted set-level test on all features (any shift), and (b) a
