@@ -33,6 +33,7 @@ class TargetInfo:
     classes: dict[str, str] = field(default_factory=dict)  # component -> class name
     family: str = ""  # registry name of the adapter (audit.targets.families)
     process: dict[str, Any] = field(default_factory=dict)  # the diffusion process, as read from the scheduler
+    memory: dict[str, Any] = field(default_factory=dict)  # CPU offload / VAE slicing / tiling applied (targets/memory.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class TargetInfo:
             "classes": dict(self.classes),
             "family": self.family,
             "process": dict(self.process),
+            **({"memory": dict(self.memory)} if self.memory else {}),
         }
 
 

@@ -277,6 +277,9 @@ def load_target(
     dtype: str = "float32",
     resolution: int | None = None,
     guidance: float | None = None,
+    offload: str = "none",
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
 ) -> Target:
     """Load a model under audit.
 
@@ -297,9 +300,17 @@ def load_target(
         device, dtype: where and in which precision the model runs.
         resolution: pixel resolution for families whose config does not fix one (Flux; default 1024).
         guidance: Flux dev's distilled guidance value (default: the pipeline's 3.5); ignored elsewhere.
+        offload, vae_slicing, vae_tiling: memory options for large models on one GPU (``none`` | ``model`` |
+            ``sequential`` CPU offload; see :mod:`audit.targets.memory`). Offload needs a CUDA device.
     """
+    from audit.targets.memory import apply_memory_options, check_memory_options
+
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
+    try:
+        offload_mode = check_memory_options(offload, vae_slicing, vae_tiling, dev)
+    except ValueError as e:
+        raise TargetLoadError(str(e)) from e
     single = Path(str(source)).expanduser()
     single_file = single.is_file()
     if single_file:
@@ -370,8 +381,10 @@ def load_target(
         source=str(source),
         prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
         num_train_timesteps=int(pipe.scheduler.config.get("num_train_timesteps", 1000)),
-        # the LoRA scale changes the weights actually used, so it is part of the fingerprint
-        fingerprint=fingerprint_of({**files, "lora_scale": str(float(lora_scale))} if lora_names else files),
+        # the LoRA scale changes the weights actually used, so it is part of the fingerprint; so does VAE tiling
+        # (it changes the encoding of images larger than a tile; audit/targets/memory.py)
+        fingerprint=fingerprint_of({**files, **({"lora_scale": str(float(lora_scale))} if lora_names else {}),
+                                    **({"vae_tiling": "true"} if vae_tiling else {})}),
         files=files,
         lora=tuple(lora_names),
         classes=classes,
@@ -379,11 +392,17 @@ def load_target(
     )
     options = {"resolution": resolution, "guidance": guidance}
     try:
-        target = fam.build(pipe, dev, dt, common_info, options)
+        # with CPU offload the components stay in CPU memory; diffusers' hooks move each to the GPU for its call
+        target = fam.build(pipe, torch.device("cpu") if offload_mode != "none" else dev, dt, common_info, options)
     except ValueError as e:
         raise TargetLoadError(f"could not set up {source} as a {fam.title} target: {e}") from e
+    target.device = dev
+    try:
+        memory = apply_memory_options(target, offload_mode, vae_slicing, vae_tiling)
+    except ValueError as e:
+        raise TargetLoadError(str(e)) from e
     target.family = fam.name
     # the info records the process as the adapter resolved it (e.g. Flux's dynamic shift at this resolution)
     target.info = replace(target.info, prediction_type=target.process.prediction_type,
-                          process=target.process.describe())
+                          process=target.process.describe(), memory=memory)
     return target
