@@ -153,6 +153,9 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     plan, attacks, decisions = complete_plan(cfg, plan, attacks, evidence)
     if commitment is not None:
         commit.check_plan(commitment, plan)
+    # a black-box service (audit.blackbox): budget printed before anything is sent; a dry run stops here
+    if hasattr(target, "begin_run") and not target.begin_run(evidence, attacks, seed=int(cfg.seed), out=out):
+        return out
     plan_record = declare_plan(plan, out, decisions)
     if commitment is not None:
         plan_record["committed"] = commit.summary(commitment)
@@ -165,7 +168,8 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     timings["blind_features_s"] = time.time() - t0
 
     t0 = time.time()
-    store_root = cfg.get("score_store")
+    # a black-box target answers from its request log / response cache instead, so every run logs every answer
+    store_root = cfg.get("score_store") if getattr(target, "uses_score_store", True) else None
     store = None
     if store_root:
         store = ScoreStore(Path(str(store_root)), target.fingerprint, int(cfg.seed),
@@ -201,6 +205,8 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         "analysis_plan": plan_record,
     }
     scale.annotate(metadata)  # shards, their evaluations and the throughput settings
+    if hasattr(target, "run_summary"):  # a black-box service: requests sent, answered from the log, budget
+        metadata["blackbox"] = target.run_summary()
     if cfg.get("reconstruction") and cfg.reconstruction.get("enabled", False):
         # reconstruction tests (issue 4): recon_* rows join the ScoreTable, figures + seeds go to <out>/reconstruction
         from audit.reconstruction import run_reconstruction

@@ -197,6 +197,10 @@ def verify(folder: str | Path, recompute: bool = True) -> Verification:
 
     if recompute and (d / io.SCORES).is_file() and (d / io.ANALYSIS).is_file():
         v.problems.extend(_recompute(d, v.notes))
+    if recompute and (d / "blackbox").is_dir():  # a black-box run: its scores must follow from its request log
+        from audit.blackbox.verify import check_request_log
+
+        v.problems.extend(check_request_log(d, v.notes))
     return v
 
 

@@ -119,6 +119,11 @@ class Attack(abc.ABC):
 
     def check_support(self, target: Target) -> None:
         """Refuse, in one line, a target whose process or family the attack does not support."""
+        if getattr(target, "access", None) == "black" and not getattr(self, "service_operations", ()):
+            # a hosted service (audit.blackbox): only attacks made of its operations can run
+            raise AttackSetupError(f"{self.name} needs the model itself ({self.access}-box access); the "
+                                   f"{getattr(target, 'family', '')} target is a black-box service offering only "
+                                   f"{', '.join(getattr(target, 'operations', ()))} (use bb_variation, bb_img2img, bb_generate)")
         kind = getattr(getattr(target, "process", None), "kind", "vp")
         family = getattr(target, "family", "") or "this"
         why = f" ({self.support_note})" if self.support_note else ""
