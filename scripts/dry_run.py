@@ -68,6 +68,7 @@ def dry_run(cfg: DictConfig) -> dict:
     else:
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (peak resident set)"
     return {"family": target.family, "process": target.process.describe(), "load_s": load_s,
+            "memory": dict(getattr(target.info, "memory", {}) or {}), "dtype": str(target.dtype).replace("torch.", ""),
             "n_works": len(entries), "batch": len(ev), "rows": rows, "suite": suite, "peak": peak}
 
 
@@ -80,7 +81,8 @@ def _print(r: dict) -> None:
               f"{_hms(row['estimate_s']):>12}")
     s = r["suite"]
     print(f"{'whole suite (shared)':<24}{'':>20}{s['counted']:>10.1f}{s['batch_s']:>10.2f}{_hms(s['estimate_s']):>12}")
-    print(f"peak memory: {r['peak']}")
+    opts = ", ".join(f"{k}={v}" for k, v in r.get("memory", {}).items()) or "none (target.offload / vae_slicing / vae_tiling)"
+    print(f"peak memory: {r['peak']}; weights {r.get('dtype', '?')}; memory options: {opts}")
 
 
 def _hms(s: float) -> str:
