@@ -161,3 +161,162 @@ def test_untrained_service_is_not_detected(untrained_ddpm, tmp_path, monkeypatch
         run_audit(_cfg(server.url, manifest, None, "report=none"), tmp_path / "run")
     analysis = json.loads((tmp_path / "run" / io.ANALYSIS).read_text())
     assert analysis["verdict"]["decision"] == "fail_to_reject", analysis["verdict"]
+
+
+# ---------------------------------------------------------------------------------------------- faults, limits
+class Echo:
+    """A model-free stand-in service: img2img returns the image, text2image seeded noise (no denoiser time)."""
+
+    resolution = 16
+
+    def img2img(self, image, *, strength, seed, steps, prompt=None):
+        return np.asarray(image)
+
+    def text2image(self, *, seed, steps, prompt=None):
+        return np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+
+def _target(url: str, tmp: Path, **kw) -> HttpTarget:
+    import yaml
+
+    cfg = yaml.safe_load((Path(CONFIG_DIR) / "target" / "http.yaml").read_text())
+    for k in ("_target_", "cache_dir", "device", "dtype"):
+        cfg.pop(k)
+    cfg.update(base_url=url, resolution=16, rate_limit=None, backoff_s=0.01, api_key_env=ENV, timeout_s=5)
+    cfg.update(kw)
+    t = HttpTarget(**cfg)
+    t.request_log = RequestLog(tmp / "blackbox")
+    return t
+
+
+def _img2img(seed: int) -> Request:
+    from audit.blackbox.images import png_bytes
+
+    img = np.full((16, 16, 3), 90, dtype=np.uint8)
+    return Request.make("img2img", png_bytes(img), strength=0.5, prompt="", seed=seed, steps=10)
+
+
+def test_retries_with_backoff_honour_retry_after(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, SECRET)
+    faults = [("status", 429, {"Retry-After": "0.3"}), ("status", 500), ("status", 503)]
+    with GroundTruthServer(Echo(), api_key=SECRET, faults=faults) as server:
+        t = _target(server.url, tmp_path)
+        t.resolve_requests([_img2img(1)])
+        arrivals = list(server.arrivals)
+    (rec,) = read_jsonl(tmp_path / "blackbox" / LOG)
+    assert [a["status"] for a in rec["attempts"]] == [429, 500, 503, 200] and rec["response"]["status"] == 200
+    gaps = np.diff(arrivals)
+    assert gaps[0] >= 0.29  # Retry-After: 0.3 s
+    assert gaps[1] >= 0.01 * 2 * 0.9 and gaps[2] >= 0.01 * 4 * 0.9  # exponential backoff 0.01 * 2^attempt
+
+
+def test_rate_limit_and_concurrency_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, SECRET)
+    with GroundTruthServer(Echo(), api_key=SECRET) as server:
+        _target(server.url, tmp_path / "a", rate_limit=20.0, max_concurrency=4).resolve_requests(
+            [_img2img(i) for i in range(12)])
+        span = server.arrivals[-1] - server.arrivals[0]
+    assert span >= 11 / 20 * 0.9  # 12 starts at <= 20 per second
+    with GroundTruthServer(Echo(), api_key=SECRET, delay_s=0.15) as server:
+        _target(server.url, tmp_path / "b", max_concurrency=2).resolve_requests([_img2img(i) for i in range(6)])
+        assert server.max_in_flight == 2  # used, and never exceeded
+
+
+def test_slow_server_times_out_and_is_retried(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, SECRET)
+    with GroundTruthServer(Echo(), api_key=SECRET, faults=[("sleep", 1.0)]) as server:
+        t = _target(server.url, tmp_path / "a", timeout_s=0.3)
+        t.resolve_requests([_img2img(1)])
+    (rec,) = read_jsonl(tmp_path / "a" / "blackbox" / LOG)
+    assert [a["error"] for a in rec["attempts"]] == ["timeout", None]
+    with GroundTruthServer(Echo(), api_key=SECRET, delay_s=0.6) as server:
+        t = _target(server.url, tmp_path / "b", timeout_s=0.2, max_retries=1)
+        with pytest.raises(E.ServiceTimeout, match="timed out after 0.2 s on each of 2 attempts"):
+            t.resolve_requests([_img2img(1)])
+
+
+@pytest.mark.parametrize("case,error,words", [
+    ("wrong_key", E.AuthError, "authentication failed (HTTP 401)"),
+    ("quota", E.QuotaError, "still HTTP 429 after 3 attempts"),
+    ("payment", E.QuotaError, "quota exhausted (HTTP 402"),
+    ("refused", E.RefusedError, "refused the request (HTTP 451"),
+    ("garbage", E.BadResponseError, "not a readable image"),
+    ("server", E.ServerError, "server error (HTTP 500) on each of 3 attempts"),
+    ("unreachable", E.UnreachableError, "cannot connect"),
+])
+def test_one_line_error_per_failure_class(case, error, words, tmp_path, monkeypatch):
+    from audit.cli import user_error_line
+
+    monkeypatch.setenv(ENV, "wrong-key" if case == "wrong_key" else SECRET)
+    faults = {"quota": [("status", 429)] * 3, "payment": [("status", 402)], "garbage": [("garbage",)],
+              "server": [("status", 500)] * 3}.get(case, [])
+    server = GroundTruthServer(Echo(), api_key=SECRET, faults=faults).start()
+    url = server.url
+    if case == "unreachable":
+        server.stop()  # nothing listens there any more
+    try:
+        t = _target(url, tmp_path, max_retries=2)
+        req = Request.make("text2image", None, prompt="a forbidden motif", seed=1, steps=5) if case == "refused" \
+            else _img2img(1)
+        with pytest.raises(error) as info:
+            t.resolve_requests([req])
+    finally:
+        if case != "unreachable":
+            server.stop()
+    line = user_error_line(info.value)  # what audit-run prints (exit status 2)
+    assert line == str(info.value) and "\n" not in line and words in line, line
+    assert SECRET not in line and "wrong-key" not in line
+    (rec,) = read_jsonl(tmp_path / "blackbox" / LOG)  # the failed request is logged too
+    assert rec["error"]["kind"] == error.kind
+
+
+def test_budget_dry_run_prints_before_sending(artworks, tmp_path, monkeypatch, capsys):
+    from audit.pipeline import run_audit
+
+    members, held_out = artworks
+    manifest = _manifest(tmp_path, members, held_out)
+    with GroundTruthServer(Echo(), api_key=SECRET) as server:
+        monkeypatch.delenv(ENV, raising=False)
+        out = run_audit(_cfg(server.url, manifest, None, "target.dry_run=true", "target.rate_limit=2", "target.assumed_latency_s=1",
+                             "target.price_per_request=0.01"), tmp_path / "dry")
+        printed = capsys.readouterr().out
+        assert server.total == 0 and not (Path(out) / io.PLAN).exists()
+        assert ("budget: 86 requests to " in printed and "(80 bb_variation, 6 bb_generate)" in printed
+                and "0 already answered by the log/cache, 86 to send" in printed
+                and "about 43 s at 2 requests/s" in printed and "cost 0.86 USD at 0.01 USD per request" in printed)
+        assert "dry run: nothing was sent" in printed
+        with pytest.raises(E.BudgetError, match="86 requests to send exceed target.max_requests=50; nothing was sent"):
+            run_audit(_cfg(server.url, manifest, None, "target.max_requests=50"), tmp_path / "over")
+        with pytest.raises(E.AuthError, match=f"environment variable {ENV} .* is not set; nothing was sent"):
+            run_audit(_cfg(server.url, manifest, None), tmp_path / "nokey")
+        assert server.total == 0
+
+
+def test_other_attacks_refuse_a_black_box_service_in_one_line(tmp_path):
+    from audit.attacks import LossAttack, ReDiffuse
+    from audit.attacks.base import AttackSetupError
+    from audit.blackbox import BBGenerate, BBVariation
+
+    t = _target("http://127.0.0.1:9", tmp_path)
+    for attack in (LossAttack(), ReDiffuse()):
+        with pytest.raises(AttackSetupError, match=r"needs the model itself \(\w+-box access\); the http target is a "
+                                                   r"black-box service offering only img2img, text2image"):
+            attack.check_target(t)
+    BBVariation().check_target(t)  # black-box statistics run
+    only_img2img = _target("http://127.0.0.1:9", tmp_path, operations={"img2img": {
+        "path": "/v1/images/variations", "body": {"image": "{image_b64}"}, "response": {"type": "bytes"}}})
+    with pytest.raises(AttackSetupError, match="bb_generate needs the service operation.s. text2image"):
+        BBGenerate().check_target(only_img2img)
+
+
+def test_configuration_refusals(tmp_path):
+    with pytest.raises(E.ConfigError, match="must not hold a credential"):
+        _target("https://user:pw@api.example.com", tmp_path)
+    with pytest.raises(E.ConfigError, match="NAME of an environment variable"):
+        _target("https://api.example.com", tmp_path, api_key_env=SECRET)
+    with pytest.raises(E.ConfigError, match="must not have a query string"):
+        _target("https://api.example.com/?key=abc", tmp_path)
+    bad = _target("http://127.0.0.1:9", tmp_path, operations={"img2img": {
+        "path": "/v", "body": {"image": "{image_b64}", "guidance": "{cfg_scale}"}, "response": {"type": "bytes"}}})
+    with pytest.raises(E.ConfigError, match=r"uses \{cfg_scale\}, which this operation does not provide"):
+        bad.resolve_requests([_img2img(1)])

@@ -38,6 +38,8 @@ class GroundTruthServer:
         self.delay_s = float(delay_s)
         self.counts: dict[str, int] = {}
         self.arrivals: list[float] = []  # monotonic arrival time of every POST
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most POSTs being handled at once
         self._lock = threading.Lock()
         outer = self
 
@@ -69,6 +71,16 @@ class GroundTruthServer:
                 self._json(404, {"error": "not found"})
 
             def do_POST(self) -> None:
+                with outer._lock:
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    self._post()
+                finally:
+                    with outer._lock:
+                        outer.in_flight -= 1
+
+            def _post(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) if n else b""
                 with outer._lock:
