@@ -336,3 +336,33 @@ def test_thumbnails_pair_each_suspect_with_its_nearest_same_artist_controls_and_
     assert thumbnail(missing["path"], missing["image_id"])[0] is None
     html_text = render_html(result, scores, images, [], {}, tmp_path / "r.html", features).read_text(encoding="utf-8")
     assert 'id="thumbnails"' in html_text and html_text.count('alt="suspect ') == 3
+
+
+def test_the_pdf_has_an_outline_of_the_report_sections(tmp_path, audit_inputs):
+    pytest.importorskip("weasyprint")
+    from audit.report.browser import pdf_outline
+
+    result, scores, images, rejected, metadata = audit_inputs
+    written = write_reports(result, scores, images, rejected, metadata, tmp_path)
+    if "pdf" not in written:
+        pytest.skip("PDF could not be written on this machine (see the PDF failure test)")
+    titles = pdf_outline(written["pdf"])
+    for t in ("In plain language", "1. Summary", "6. Results", "7. Validity gates", "10. Glossary",
+              "12. Declaration", "Appendix: reproducibility"):
+        assert t in titles
+
+
+def test_the_report_renders_in_headless_chromium(tmp_path, audit_inputs):
+    from audit.report.browser import check_in_browser, find_browser
+
+    if find_browser() is None:
+        pytest.skip("no Chromium here (apt-get install chromium-headless-shell)")
+    result, scores, images, rejected, metadata = audit_inputs
+    path = render_html(result, scores, images, rejected, metadata, tmp_path / "report.html")
+    found = check_in_browser(path, tmp_path / "browser")
+    assert found["ok"], found["problems"]
+    assert found["images"] >= 4 and not found["missing_sections"]
+    # the check can fail: a section the browser never sees is reported
+    broken = tmp_path / "broken.html"
+    broken.write_text(path.read_text(encoding="utf-8").replace('id="gates"', 'id="gone"'), encoding="utf-8")
+    assert check_in_browser(broken, tmp_path / "b2")["missing_sections"] == ["gates"]
