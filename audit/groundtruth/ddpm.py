@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from audit.diffusion import make_process
+
 
 def build_ddpm(
     resolution: int = 32,
@@ -80,7 +82,7 @@ def train_ddpm(
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     n = images.shape[0]
     T = scheduler.config.num_train_timesteps
-    ac = scheduler.alphas_cumprod.float()
+    process = make_process(scheduler)  # forward noising from the scheduler's own ᾱ table (audit/diffusion)
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     t0 = time.time()
     losses: list[float] = []
@@ -112,8 +114,7 @@ def train_ddpm(
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, T, (x0.shape[0],), generator=g)
-        ab = ac[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        x_t = process.add_noise(x0, noise, t)
         with autocast:
             pred = unet(x_t.to(device), t.to(device)).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.to(device))

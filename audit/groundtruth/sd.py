@@ -30,6 +30,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from audit.diffusion import make_process
+
 __all__ = [
     "LORA_TARGET_MODULES",
     "LORA_WEIGHT_NAME",
@@ -268,7 +270,7 @@ def _diffusion_train_loop(
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler(**{k: v for k, v in _SCHEDULER_KW.items() if k != "set_alpha_to_one"})
-    alphas_cumprod = noise_sched.alphas_cumprod.float()
+    process = make_process(noise_sched)  # forward noising from the scheduler's own ᾱ table (audit/diffusion)
     T = noise_sched.config.num_train_timesteps
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     n = latents.shape[0]
@@ -283,8 +285,7 @@ def _diffusion_train_loop(
             c = torch.where(drop[:, None, None], uncond.expand_as(c), c)
         t = torch.randint(0, T, (len(idx),), generator=generator)
         eps = torch.randn(z0.shape, generator=generator)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        zt = process.add_noise(z0, eps, t)
         pred = unet(zt, t, encoder_hidden_states=c).sample
         loss = F.mse_loss(pred.float(), eps.float())
         opt.zero_grad(set_to_none=True)
