@@ -232,15 +232,14 @@ def test_slurm_dry_run_writes_the_submission_for_four_shards(setup, tmp_path):
     assert not list((tmp_path / "res").rglob("COMPLETE")) and not (tmp_path / "store").exists()  # nothing ran
     reruns = (folder / "rerun_one_shard.txt").read_text().splitlines()
     assert len(reruns) == 4 and "runtime.shard=3" in reruns[3]
-    # the generated shard command is what a job runs: shard 2 of it, executed here, writes shard 2's record
-    job = cmdline[0].split(" -m audit ", 1)[1].replace("${SLURM_ARRAY_TASK_ID}", "2")
+    # the generated shard command is a valid audit-run command line: task 2 of the array is shard 2 of 4
     import shlex
 
-    args = [a for a in shlex.split(job) if not a.startswith("hydra.run.dir=")]
-    run = subprocess.run([sys.executable, "-m", "audit", *args, f"hydra.run.dir={tmp_path / 'job2'}"], env=_env(),
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (folder.parent / "0_shards" / "shard-002-of-004.json").is_file()
+    job = cmdline[0].split(" -m audit ", 1)[1].replace("${SLURM_ARRAY_TASK_ID}", "2")
+    args = [a for a in shlex.split(job) if not a.startswith("hydra.")]
+    assert validate_scale_config(_compose(args)) == ("shard", 4, 2)
+    merge_args = [a for a in shlex.split(next(ln for ln in merge.splitlines() if " -m audit " in ln).split(" -m audit ", 1)[1]) if not a.startswith("hydra.")]
+    assert validate_scale_config(_compose(merge_args)) == ("merge", 4, None)
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -261,13 +260,20 @@ def test_bad_scale_config_is_one_line(extra, message, setup, tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_bad_scale_config_exits_2_in_one_line_before_the_model_loads(setup, tmp_path):
+def test_bad_scale_config_exits_2_in_one_line_before_the_model_loads(setup, tmp_path, capsys, monkeypatch):
+    """audit-run's user-error path: exit status 2, one line, and the model is never loaded."""
+    import audit.targets
+    from audit.cli import run_reporting_user_errors
+    from audit.pipeline import run_audit
+
+    monkeypatch.setattr(audit.targets, "load_target", lambda *a, **k: pytest.fail("the model was loaded"))
     model_dir, manifest, _ = setup
-    cmd = [sys.executable, "-m", "audit", *_overrides(model_dir, manifest, tmp_path / "store", tmp_path / "res"),
-           "runtime.shards=3"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
-    assert proc.stderr.startswith("audit-run: error: runtime.shards=3 needs a launcher")
+    cfg = _compose(_overrides(model_dir, manifest, tmp_path / "store", tmp_path / "res") + ["runtime.shards=3"])
+    with pytest.raises(SystemExit) as e:
+        run_reporting_user_errors("audit-run", run_audit, cfg, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().count("\n") == 0
+    assert err.startswith("audit-run: error: runtime.shards=3 needs a launcher")
 
 
 def test_speed_settings_keep_scores_and_probe_finds_largest_batch(untrained_ddpm):

@@ -3,7 +3,8 @@
 ``audit-run -m launcher=local|slurm runtime.shards=N <overrides>`` turns each point of the sweep into N shard jobs
 (a job array on SLURM) and one merge-and-report job that depends on them (``afterok`` on SLURM; run after the
 shards finished with the local executor). The launchers below are the plugin's own ``LocalLauncher`` /
-``SlurmLauncher`` with one change, :meth:`_ShardedMixin.launch`: which jobs are made from a sweep point. Every
+``SlurmLauncher`` (``hydra_plugins.audit_scale``: Hydra takes launchers only from that namespace) with one change,
+:meth:`ShardedMixin.launch`: which jobs are made from a sweep point. Every
 job runs exactly what ``audit-run`` runs (the plugin's ``__call__``), with ``runtime.shard=<i>`` or
 ``runtime.shard=merge`` and ``runtime.shard_dir=<sweep dir>/<n>_shards``.
 
@@ -25,8 +26,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
-
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def shard_overrides(overrides: Sequence[str], n: int, shard_dir: Path, sweep_dir
     return shards, merge
 
 
-class _ShardedMixin:
+class ShardedMixin:
     """Expands each sweep point into shard jobs + a dependent merge job (see the module docstring)."""
 
     def __init__(self, shards: int | None = None, dry_run: bool = False, **params: Any) -> None:
@@ -196,17 +195,20 @@ class _ShardedMixin:
               "nothing submitted")
 
     def _slurm_parameters(self) -> dict[str, Any]:
-        """The sbatch parameters submitit would use (the plugin's keys mapped by submitit itself)."""
-        import submitit
-        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-        from omegaconf import OmegaConf
+        """The sbatch parameters submitit would use: the plugin's keys mapped and checked by submitit's own
+        SlurmExecutor (made here without its check for ``srun``, so that a dry run works off the cluster)."""
+        from submitit.slurm.slurm import SlurmExecutor
 
-        params = dict(self.params)  # type: ignore[attr-defined]
-        generic = set(OmegaConf.structured(BaseQueueConf).keys())
-        auto = submitit.AutoExecutor(folder=tempfile.mkdtemp(prefix="audit-dry-"), cluster="slurm")
-        auto.update_parameters(**{x if x in generic else f"slurm_{x}": y for x, y in params.items()
-                                  if x not in ("submitit_folder", "max_num_timeout")})
-        return dict(auto._executor.parameters)
+        class DryRunSlurm(SlurmExecutor):
+            @classmethod
+            def affinity(cls) -> int:
+                return 1
+
+        ex = DryRunSlurm(folder=tempfile.mkdtemp(prefix="audit-dry-"))
+        params = {k: v for k, v in self.params.items()  # type: ignore[attr-defined]
+                  if k not in ("submitit_folder", "max_num_timeout") and v is not None}
+        ex.update_parameters(**ex._convert_parameters(params))
+        return dict(ex.parameters)
 
     def _merge_resources(self) -> dict[str, Any]:
         return {}
@@ -215,11 +217,3 @@ class _ShardedMixin:
 def rerun_command(overrides: Sequence[str]) -> str:
     """The command that reruns one job alone (no launcher): ``audit-run <overrides>``."""
     return " ".join(["audit-run", *(shlex.quote(o) for o in overrides if not o.startswith("hydra.sweep."))])
-
-
-class ShardedLocalLauncher(_ShardedMixin, LocalLauncher):
-    """``launcher=local``: the shard jobs run as local processes (submitit's local executor), then the merge."""
-
-
-class ShardedSlurmLauncher(_ShardedMixin, SlurmLauncher):
-    """``launcher=slurm``: a SLURM job array of shards and a merge-and-report job with ``afterok`` on it."""
