@@ -91,6 +91,12 @@ def test_memorising_service_is_detected_and_folder_verifies(memorised_run):
     v = verify.verify(out)
     assert v.ok, v.problems
     assert any("black-box scores recomputed" in n for n in v.notes)
+    html = memorised_run["report"].read_text()
+    import hashlib
+
+    assert "Queries to the service (black box)" in html and "86 (86 service; 80 img2img, 6 text2image)" in html
+    assert hashlib.sha256((out / "blackbox" / LOG).read_bytes()).hexdigest() in html
+    assert "1 request(s) needed a retry" in html and f"environment variable {ENV}" in html
 
 
 def test_credential_never_written(memorised_run):

@@ -304,6 +304,19 @@ def _reconstruction(run_folder: str | Path | None) -> dict[str, Any] | None:
         return None
 
 
+def _blackbox(run_folder: str | Path | None) -> dict[str, Any] | None:
+    """The queries-to-the-service section (issue 15's partial), when the run audited a hosted generator."""
+    if run_folder is None:
+        return None
+    try:
+        from audit.blackbox.report import blackbox_context
+
+        return blackbox_context(run_folder)
+    except Exception as e:  # a broken optional section must not cost the report
+        log.warning("black-box section left out: %s: %s", type(e).__name__, e)
+        return None
+
+
 def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
              metadata: dict[str, Any], features: pd.DataFrame | None, pdf_note: str | None,
              run_folder: str | Path | None = None) -> dict[str, Any]:
@@ -366,7 +379,7 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
         model=model, feature_rows=feature_rows, seeds=seeds, versions=versions,
         plan_record=meta.get("analysis_plan"), scenario=meta.get("scenario"), pdf_note=pdf_note,
         gate_status={g.name: g.status for g in result.gates},
-        reconstruction=_reconstruction(run_folder), path_root=path_root,
+        reconstruction=_reconstruction(run_folder), blackbox=_blackbox(run_folder), path_root=path_root,
         glossary=GLOSSARY, bibliography=BIBLIOGRAPHY, declaration=DECLARATION, expert=expert_from_config(cfg),
         provenance=report_provenance(meta), exhibit=meta.get("inventory_exhibit"),
         thumbnails=_thumbnails(result, images, features, cfg),
