@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 
 from audit.attacks import Attack, AttackSetupError, score_evidence
 from audit.stats import auc_with_ci, tpr_at_fpr
+from audit.stats.core import clopper_pearson
 from audit.stats.tests import mann_whitney
 from audit.targets.base import Target
 from audit.types import EvidenceSet
@@ -222,10 +222,10 @@ def null_fpr(neg: np.ndarray, settings: BenchmarkSettings) -> dict[str, Any]:
         p = mann_whitney(d[0], d[1]).p_value
         ps.append(p)
         rejections += p <= settings.alpha
-    ci = binomtest(rejections, settings.n_null_draws).proportion_ci(confidence_level=0.95, method="exact")
+    lo, hi = clopper_pearson(rejections, settings.n_null_draws, 0.95)
     return {"n_suspect": n, "n_control": min(settings.max_controls, len(neg) - n), "n_draws": settings.n_null_draws,
             "alpha": settings.alpha, "rejections": int(rejections), "fpr": rejections / settings.n_null_draws,
-            "fpr_ci": [float(ci.low), float(ci.high)],
+            "fpr_ci": [lo, hi],
             "p_uniform_ks": float(_ks_uniform(np.array(ps)))}
 
 

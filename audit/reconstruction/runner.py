@@ -51,6 +51,8 @@ from audit.reconstruction.inpaint import latent_mask, make_masks, repaint
 from audit.reconstruction.metrics import max_clique, masked_rms, ssim, tiled_l2, tiled_l2_pairwise, to_unit
 from audit.reconstruction.sampling import GenerationRecord, diffusion_shape, generate, to_pixels, to_uint8
 from audit.targets.base import Target
+from audit.stats.core import auc as _auc
+from audit.stats.core import conformal_pvalues
 from audit.types import EvidenceSet, ScoreTable, params_hash
 
 __all__ = ["ReconstructionOutput", "run_reconstruction", "STATISTICS", "JSON_NAME", "HTML_NAME", "GRID_NAME"]
@@ -104,21 +106,9 @@ class ReconstructionOutput:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def conformal_p(scores: np.ndarray, controls: np.ndarray) -> np.ndarray:
-    """(1 + #{controls ≥ s}) / (n_control + 1) — the same per-artwork p-value as the analysis."""
-    c = np.sort(np.asarray(controls, dtype=float))
-    s = np.asarray(scores, dtype=float)
-    return (1.0 + (c.size - np.searchsorted(c, s, side="left"))) / (c.size + 1.0)
-
-
-def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """P(random positive outscores random negative), ties ½; None when a side is empty."""
-    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    if pos.size == 0 or neg.size == 0:
-        return None
-    gt = (pos[:, None] > neg[None, :]).mean()
-    eq = (pos[:, None] == neg[None, :]).mean()
-    return float(gt + 0.5 * eq)
+# the per-work p-value and the AUC are the analysis's own (one definition: audit.stats.core)
+conformal_p = conformal_pvalues
+auc = _auc
 
 
 def _prompt_for(template: str, rec: Any) -> str:

@@ -27,6 +27,7 @@ from audit.stats.gates import (
     power_gate,
     run_primary,
 )
+from audit.stats.core import format_p
 from audit.stats.metrics import AucCI, TprAtFpr, auc_with_ci, tpr_at_fpr
 from audit.stats.tests import (
     ALTERNATIVES,
@@ -320,21 +321,6 @@ def collapse_scores(scores: ScoreTable, attack: str) -> tuple[pd.DataFrame, int]
     n_seeds = int(df.groupby("image_id", sort=False)["seed"].nunique().max())
     out = df.groupby(["image_id", "role"], sort=False, as_index=False)["score"].mean()
     return out[["image_id", "role", "score"]], n_seeds
-
-
-def format_p(p: float | None, alpha: float | None = None) -> str:
-    """p-value text used in verdicts and reports: 3 significant figures (``g`` format).
-
-    With ``alpha`` given, more digits are used if rounding would put p on the wrong side of α
-    (0.04996 must not read "0.05" next to "rejected").
-    """
-    if p is None or not math.isfinite(p):
-        return "–"
-    for digits in range(3, 10):
-        s = f"{p:.{digits}g}"
-        if alpha is None or (float(s) <= alpha) == (p <= alpha):
-            return s
-    return repr(p)
 
 
 def _fmt_pct(f: float) -> str:
@@ -692,34 +678,10 @@ def _plan_strata_map(plan: AnalysisPlan, images: pd.DataFrame | None) -> dict[st
 
 def _run_gates(plan: AnalysisPlan, data: PrimaryData, features: pd.DataFrame | None,
                images: pd.DataFrame | None = None, plan_strata: dict[str, str] | None = None) -> list[GateResult]:
-    gates: list[GateResult] = []
-    ids_s, ids_c = data.ids["suspect"], data.ids[plan.control_role]
-    disabled = "This gate was switched off in the analysis plan (stats.gates)."
-    from audit.stats.gates import GATE_TITLES
+    from audit.stats.gates import GateContext, run_gates
 
     strata, col = _strata_map(plan, images)
-    for name in ("blind_baseline", "placebo", "positive_control"):
-        if name not in plan.gates:
-            gates.append(GateResult(name, GATE_TITLES[name], "not_run", disabled))
-        elif name == "blind_baseline":
-            gates.append(blind_baseline_gate(features, ids_s, ids_c, plan, data, plan_strata))
-        elif name == "placebo":
-            gates.append(placebo_gate(data, plan, strata, col, plan_strata))
-        else:
-            gates.append(positive_control_gate(data, plan, plan_strata))
-    if "power" in plan.gates:
-        # Power from the known members only: the suspects' own effect would be post-hoc "observed power".
-        effects = []
-        pc = gates[-1]
-        if pc.status in ("pass", "fail") and "auc_members" in pc.details:
-            effects.append(("measured on the known members", pc.details["auc_members"]))
-        measured = {}
-        if pc.status in ("pass", "fail") and pc.details.get("power_method") == "subsampled":
-            measured = {**pc.details["power"], "draws": pc.details["power"]["n"], "n": pc.details["subset_size"]}
-        gates.append(power_gate(effects, data.n("suspect"), data.n(plan.control_role), plan, measured))
-    else:
-        gates.append(GateResult("power", GATE_TITLES["power"], "not_run", disabled))
-    return gates
+    return run_gates(GateContext(plan, data, features, images, plan_strata, strata, col))
 
 
 def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,

@@ -112,7 +112,7 @@ class PrimaryData:
 
 
 def _fmt(p: float, alpha: float | None = None) -> str:
-    from audit.stats.analysis import format_p
+    from audit.stats.core import format_p
 
     return format_p(p, alpha)
 
@@ -479,9 +479,9 @@ def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan", plan_strata: 
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    from audit.stats.metrics import _auc_rows
+    from audit.stats.core import auc_rows
 
-    return float(_auc_rows(np.asarray(pos, float)[None], np.asarray(neg, float)[None])[0])
+    return float(auc_rows(np.asarray(pos, float)[None], np.asarray(neg, float)[None])[0])
 
 
 # ---------------------------------------------------------------------------------------------- power
@@ -533,3 +533,56 @@ def power_gate(effects: list[tuple[str, float]], n_suspect: int, n_control: int,
     return _gate(name, "info", summary, rows=rows, n_suspect=n_suspect, n_control=n_control, alpha=plan.alpha,
                  target=plan.power_target, alternative=plan.alternative, measured=measured or {},
                  hypothetical=hypothetical)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+@dataclass
+class GateContext:
+    """Everything a gate may look at: the plan, the primary statistic's data, the model-free features, the
+    image table, the plan's strata map, the placebo's stratum column, and the gates already run (in order)."""
+
+    plan: "AnalysisPlan"
+    data: PrimaryData
+    features: pd.DataFrame | None = None
+    images: pd.DataFrame | None = None
+    plan_strata: dict[str, str] | None = None
+    placebo_strata: dict[str, str] | None = None
+    placebo_column: str | None = None
+    done: dict[str, GateResult] = field(default_factory=dict)
+
+
+def _power_from_context(c: GateContext) -> GateResult:
+    # Power from the known members only: the suspects' own effect would be post-hoc "observed power".
+    effects: list[tuple[str, float]] = []
+    measured: dict[str, Any] = {}
+    pc = c.done.get("positive_control")
+    if pc is not None and pc.status in ("pass", "fail"):
+        if "auc_members" in pc.details:
+            effects.append(("measured on the known members", pc.details["auc_members"]))
+        if pc.details.get("power_method") == "subsampled":
+            measured = {**pc.details["power"], "draws": pc.details["power"]["n"], "n": pc.details["subset_size"]}
+    return power_gate(effects, c.data.n("suspect"), c.data.n(c.plan.control_role), c.plan, measured)
+
+
+#: The validity gates, in the order they run and are reported: name -> gate(context). A new gate is one entry
+#: here plus its name in GATES and a title in GATE_TITLES; ``stats.gates`` in the plan selects which run.
+GATE_REGISTRY: dict[str, Any] = {
+    "blind_baseline": lambda c: blind_baseline_gate(c.features, c.data.ids["suspect"], c.data.ids[c.plan.control_role],
+                                                    c.plan, c.data, c.plan_strata),
+    "placebo": lambda c: placebo_gate(c.data, c.plan, c.placebo_strata, c.placebo_column, c.plan_strata),
+    "positive_control": lambda c: positive_control_gate(c.data, c.plan, c.plan_strata),
+    "power": _power_from_context,
+}
+assert tuple(GATE_REGISTRY) == GATES and set(GATE_TITLES) == set(GATES)
+
+
+def run_gates(ctx: GateContext) -> list[GateResult]:
+    """Every registered gate in order; those the plan leaves out are reported as not run."""
+    disabled = "This gate was switched off in the analysis plan (stats.gates)."
+    out = []
+    for name, gate in GATE_REGISTRY.items():
+        g = gate(ctx) if name in ctx.plan.gates else GateResult(name, GATE_TITLES[name], "not_run", disabled)
+        ctx.done[name] = g
+        out.append(g)
+    return out
+

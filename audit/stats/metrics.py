@@ -33,6 +33,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from audit.stats.core import auc_rows
+
 __all__ = ["AucCI", "TprAtFpr", "RocPoints", "auc_with_ci", "auc_score_interval", "tpr_at_fpr", "roc_points"]
 
 
@@ -114,15 +116,7 @@ def _stratified_resample(
     return bp, bn
 
 
-def _auc_rows(bp: np.ndarray, bn: np.ndarray) -> np.ndarray:
-    """Row-wise AUC via mid-ranks: (rank-sum of positives − n_pos(n_pos+1)/2) / (n_pos·n_neg).
-
-    Mid-ranks count a tied (pos, neg) pair as 1/2, exactly as ``roc_auc_score`` does.
-    """
-    n_pos, n_neg = bp.shape[1], bn.shape[1]
-    ranks = rankdata(np.concatenate([bp, bn], axis=1), axis=1)
-    u = ranks[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2.0
-    return u / (n_pos * n_neg)
+_auc_rows = auc_rows  # one definition: audit.stats.core
 
 
 def _tpr_rows(bp: np.ndarray, bn: np.ndarray, fpr: float) -> np.ndarray:
@@ -222,7 +216,7 @@ def tpr_at_fpr(
     best = ok[np.argmax(t[ok])]
     threshold = float(thr[best])
     n_above = int((neg >= threshold).sum())
-    from audit.stats.tests import clopper_pearson
+    from audit.stats.core import clopper_pearson
 
     fpr_lo, fpr_hi = clopper_pearson(n_above, neg.size, level)
     bp, bn = _stratified_resample(pos, neg, n_boot, seed)

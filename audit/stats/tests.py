@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from audit.stats import core as _core
+
 __all__ = [
     "TestResult",
     "CrossfitResult",
@@ -297,10 +299,7 @@ class CrossfitResult:
 
 def _fast_auc(y: np.ndarray, s: np.ndarray) -> float:
     """AUC via mid-ranks (ties count ½), as ``sklearn.metrics.roc_auc_score``."""
-    ranks = stats.rankdata(s)
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+    return float(_core.auc_rows(s[y == 1][None], s[y == 0][None])[0])
 
 
 def _standardise(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
@@ -720,14 +719,9 @@ def true_discovery_bound(pvals: np.ndarray, alpha: float) -> int:
 
 
 def conformal_pvalues(suspect_scores: np.ndarray, control_scores: np.ndarray) -> np.ndarray:
-    """p_i = (1 + #{controls with score ≥ s_i}) / (n_control + 1), one per suspect, in input order.
-
-    Ties count against the suspect (≥, not >), which keeps the p-value valid (conservative) with ties.
-    """
-    s = _as_scores(suspect_scores, "suspect")
-    c = np.sort(_as_scores(control_scores, "control"))
-    n_ge = c.size - np.searchsorted(c, s, side="left")
-    return (1.0 + n_ge) / (c.size + 1.0)
+    """p_i = (1 + #{controls with score ≥ s_i}) / (n_control + 1), one per suspect, in input order
+    (:func:`audit.stats.core.conformal_pvalues`, after checking the inputs)."""
+    return _core.conformal_pvalues(_as_scores(suspect_scores, "suspect"), _as_scores(control_scores, "control"))
 
 
 def _check_pvals(pvals: np.ndarray) -> np.ndarray:
@@ -849,12 +843,7 @@ def storey_estimate(
 
 
 # ---------------------------------------------------------------------------------------------- rates, power
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper–Pearson) binomial interval for k successes in n trials (statsmodels)."""
-    from statsmodels.stats.proportion import proportion_confint
-
-    lo, hi = proportion_confint(int(k), int(n), alpha=1.0 - level, method="beta")
-    return float(lo), float(hi)
+clopper_pearson = _core.clopper_pearson
 
 
 def _z(alpha: float, power: float, alternative: Alternative) -> tuple[float, float]:
