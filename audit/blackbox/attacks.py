@@ -84,6 +84,10 @@ class BlackBoxAttack(Attack):
     def requests_per_image(self) -> float:
         return float(self.n)
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "requests_per_image": self.requests_per_image(),
+                "service_operations": list(self.service_operations)}
+
     def _ref_backend(self, target: Any):
         if not self.reference:
             return None
