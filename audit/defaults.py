@@ -14,9 +14,11 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["add_lora_calibration", "CALIBRATED_NAME"]
+__all__ = ["add_lora_calibration", "fit_default_attacks", "CALIBRATED_NAME", "DEFAULT_ATTACKS"]
 
 CALIBRATED_NAME = "loss_calibrated"
+# the attack list of configs/audit.yaml: a run that did not choose its attacks gets this list, fitted to the target
+DEFAULT_ATTACKS = ("loss", "pia", "pian")
 # load_target keywords that describe the LoRA, not the base model
 _LORA_KEYS = ("_target_", "lora", "lora_scale", "lora_strict")
 
@@ -53,3 +55,24 @@ def add_lora_calibration(cfg: DictConfig, attacks: dict[str, Any], plan: Any) ->
     else:
         why += "; the plan's own primary statistic is kept."
     return attacks, plan, why
+
+
+def fit_default_attacks(attacks: dict[str, Any], target: Any) -> tuple[dict[str, Any], str]:
+    """With the default attack list (:data:`DEFAULT_ATTACKS`, i.e. the user chose none), leave out the attacks
+    that do not support this target (e.g. PIAN on a flow-matching model) instead of stopping the run, and say
+    so. A list the user chose is kept as it is: an attack there that cannot run stops the run in one line."""
+    from audit.attacks.base import AttackSetupError
+
+    if set(attacks) != set(DEFAULT_ATTACKS):
+        return attacks, ""
+    kept, dropped = {}, []
+    for name, attack in attacks.items():
+        try:
+            attack.check_target(target)
+            kept[name] = attack
+        except AttackSetupError as e:
+            dropped.append(f"{name} ({str(e).rstrip('.')})")
+    if not dropped or not kept:
+        return attacks, ""  # nothing to leave out, or nothing would be left: the scoring step names the reason
+    return kept, "Default attacks fitted to the target: left out " + "; ".join(dropped) + "."
+

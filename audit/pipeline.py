@@ -150,7 +150,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         raise ValueError("no usable artworks: every manifest entry was rejected (see the reasons above)")
     # The analysis plan is completed from the accepted works (stats.auto_strata; base calibration of a LoRA
     # target) and recorded with its hash before any score exists.
-    plan, attacks, decisions = complete_plan(cfg, plan, attacks, evidence)
+    plan, attacks, decisions = complete_plan(cfg, plan, attacks, evidence, target)
     if commitment is not None:
         commit.check_plan(commitment, plan)
     # a black-box service (audit.blackbox): budget printed before anything is sent; a dry run stops here
@@ -234,17 +234,21 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     return report
 
 
-def complete_plan(cfg: DictConfig, plan: Any, attacks: dict[str, Attack], evidence: EvidenceSet
+def complete_plan(cfg: DictConfig, plan: Any, attacks: dict[str, Attack], evidence: EvidenceSet, target: Any = None
                   ) -> tuple[Any, dict[str, Attack], str]:
     """The defaults that depend on what is audited, decided from the accepted works before scoring: strata
     (:func:`audit.stats.analysis.resolve_strata`, on the accepted works so rejected files do not count) and
-    base calibration of a LoRA target (:func:`audit.defaults.add_lora_calibration`). Returns the plan, the
-    attacks and a sentence saying what was decided."""
-    from audit.defaults import add_lora_calibration
+    base calibration of a LoRA target (:func:`audit.defaults.add_lora_calibration`), and the default attack list
+    fitted to the target's family (:func:`audit.defaults.fit_default_attacks`). Returns the plan, the attacks
+    and a sentence saying what was decided."""
+    from audit.defaults import add_lora_calibration, fit_default_attacks
 
+    fit_decision = ""
+    if target is not None:
+        attacks, fit_decision = fit_default_attacks(attacks, target)
     plan, strata_decision = resolve_strata(plan, [{"role": r.role, "artist": r.artist} for r in evidence.records])
     attacks, plan, lora_decision = add_lora_calibration(cfg, attacks, plan)
-    decisions = " ".join(s for s in (strata_decision, lora_decision) if s)
+    decisions = " ".join(s for s in (fit_decision, strata_decision, lora_decision) if s)
     log.info("analysis plan: %s", decisions)
     return plan, attacks, decisions
 

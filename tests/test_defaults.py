@@ -59,3 +59,23 @@ def test_calibration_default_can_be_switched_off_and_respects_an_explicit_primar
     run_audit(_compose(base + ["stats.primary_attack=loss"]), kept)
     plan = json.loads((kept / "plan.json").read_text())
     assert plan["plan"]["primary_attack"] == "loss" and "primary statistic is kept" in plan["decisions"]
+
+
+def test_the_default_attack_list_is_fitted_to_the_target_and_a_chosen_list_is_not(untrained_ddpm, tmp_path):
+    """A flow-matching target with the default attacks: PIAN (variance-preserving only) is left out with the
+    reason, instead of stopping the run; a list the user chose is kept, so its unsupported attack still stops
+    the run in one line at scoring."""
+    from audit.attacks import PIA, PIAN, LossAttack
+    from audit.defaults import DEFAULT_ATTACKS, fit_default_attacks
+    from audit.groundtruth.families import build_tiny_family
+    from audit.targets import load_target
+
+    flow = load_target(str(build_tiny_family("sd3", tmp_path / "sd3", seed=0)), local_files_only=True)
+    vp = load_target(str(untrained_ddpm.model_dir), local_files_only=True)
+    default = {"loss": LossAttack(), "pia": PIA(), "pian": PIAN()}
+    assert tuple(default) == DEFAULT_ATTACKS
+    kept, why = fit_default_attacks(dict(default), flow)
+    assert list(kept) == ["loss", "pia"] and "left out pian" in why and "flow" in why
+    assert fit_default_attacks(dict(default), vp) == (default, "")  # every default attack supports a DDPM
+    chosen = {"loss": LossAttack(), "pian": PIAN()}
+    assert fit_default_attacks(chosen, flow) == (chosen, "")
