@@ -326,3 +326,41 @@ def test_configuration_refusals(tmp_path):
         "path": "/v", "body": {"image": "{image_b64}", "guidance": "{cfg_scale}"}, "response": {"type": "bytes"}}})
     with pytest.raises(E.ConfigError, match=r"uses \{cfg_scale\}, which this operation does not provide"):
         bad.resolve_requests([_img2img(1)])
+
+
+def test_reference_calibration_is_logged_and_verified(memorised_run, untrained_ddpm, tmp_path, monkeypatch):
+    """A local reference model run through the same operations: score = score(service) − score(reference), the
+    reference's answers are logged too, and the check recomputes both from the log."""
+    import torch
+
+    from audit.attacks.base import Batch, NoiseSource
+    from audit.blackbox import BBVariation
+    from audit.blackbox.verify import check_request_log
+    from tests.conftest import evidence_for
+
+    monkeypatch.setenv(ENV, SECRET)
+    server = memorised_run["server"]
+    ev = evidence_for(untrained_ddpm.member_paths[:2], untrained_ddpm.held_out_paths[:2])
+    attack = BBVariation(n=1, reference={"source": str(untrained_ddpm.model_dir), "local_files_only": True,
+                                         "device": "cpu", "dtype": "float32"})
+    t = _target(server.url, tmp_path, steps={"img2img": 50})
+    assert t.begin_run(ev, {"bb_variation": attack}, seed=0, out=tmp_path)
+    batch = Batch(x0=ev.batch(0, 4), cond=None, captions=[""] * 4, image_ids=[r.image_id for r in ev.records],
+                  noise_source=NoiseSource(0, [r.image_id for r in ev.records]), pixels=ev.batch(0, 4))
+    scores = attack.score(t, batch)
+    ders = read_jsonl(tmp_path / "blackbox" / "derivations.jsonl")
+    assert len(ders) == 4 and all(d["reference_requests"] for d in ders)
+    for d, s in zip(ders, scores.tolist()):
+        assert d["score"] == pytest.approx(d["target_score"] - d["reference_score"]) == pytest.approx(s)
+    sources = [e["source"] for e in read_jsonl(tmp_path / "blackbox" / LOG)]
+    assert sources.count("service") == 4 and sources.count("local_reference") == 4
+    (tmp_path / io.RUN).write_text(json.dumps({"attacks": {"bb_variation": {"params": attack.params()}}}))
+    pd.DataFrame({"image_id": batch.image_ids, "attack": "bb_variation", "score": scores.float().tolist()}
+                 ).to_parquet(tmp_path / io.SCORES)
+    assert check_request_log(tmp_path) == []
+    ref = next(e for e in read_jsonl(tmp_path / "blackbox" / LOG) if e["source"] == "local_reference")
+    (tmp_path / "blackbox" / "images" / f"{ref['response']['received_sha256']}.png").write_bytes(
+        (tmp_path / "blackbox" / "images" / f"{ref['sent_sha256']}.png").read_bytes())
+    problems = check_request_log(tmp_path)
+    assert problems and "does not have its SHA-256" in problems[0]
+    assert torch.isfinite(scores).all()
