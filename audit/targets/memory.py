@@ -6,7 +6,9 @@
   switch. ``sequential`` (``enable_sequential_cpu_offload``) streams sub-modules one at a time: the least
   GPU memory and by far the slowest. Both need a CUDA device; on a CPU-only machine the model already
   lives in CPU memory and the option is refused in one line instead of being silently ignored.
-  Scores are unchanged (the same weights run in the same precision, only where they are stored moves).
+  Scores are unchanged up to floating-point rounding (the same weights run in the same precision; only
+  where they are stored moves, which can change the GPU kernels chosen): measured on an H200 with the tiny
+  SDXL model, max |Δscore| 1.0e-7 with TF32 off and 7.8e-5 with PyTorch's default TF32 convolutions.
 - ``vae_slicing``: the VAE encodes / decodes a batch one image at a time (lower peak memory; the same
   results: every image is computed alone either way, up to batch-size numerics).
 - ``vae_tiling``: the VAE works in overlapping tiles *when an image is larger than its tile*
