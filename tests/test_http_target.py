@@ -321,6 +321,8 @@ def test_configuration_refusals(tmp_path):
         _target("https://user:pw@api.example.com", tmp_path)
     with pytest.raises(E.ConfigError, match="NAME of an environment variable"):
         _target("https://api.example.com", tmp_path, api_key_env=SECRET)
+    with pytest.raises(E.ConfigError, match="refusing to send a credential over plain http to api.example.com"):
+        _target("http://api.example.com", tmp_path)
     with pytest.raises(E.ConfigError, match="must not have a query string"):
         _target("https://api.example.com/?key=abc", tmp_path)
     bad = _target("http://127.0.0.1:9", tmp_path, operations={"img2img": {

@@ -127,6 +127,11 @@ class HttpTarget(_Backend):
         if api_key_env is not None and not _ENV_NAME.match(str(api_key_env)):
             raise E.ConfigError("target.api_key_env must be the NAME of an environment variable holding the "
                                 "credential (letters, digits, _), not the credential itself")
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.base_url)
+        if api_key_env and parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+            raise E.ConfigError(f"refusing to send a credential over plain http to {parts.hostname}; use https")
         ops = {str(k): Operation.from_config(str(k), v) for k, v in dict(operations or {}).items() if v}
         if not ops:
             raise E.ConfigError("target.operations: configure at least one of text2image, img2img")
