@@ -81,7 +81,8 @@ def _print(r: dict) -> None:
               f"{_hms(row['estimate_s']):>12}")
     s = r["suite"]
     print(f"{'whole suite (shared)':<24}{'':>20}{s['counted']:>10.1f}{s['batch_s']:>10.2f}{_hms(s['estimate_s']):>12}")
-    opts = ", ".join(f"{k}={v}" for k, v in r.get("memory", {}).items()) or "none (target.offload / vae_slicing / vae_tiling)"
+    opts = (", ".join(f"{k}={v}" for k, v in r.get("memory", {}).items())
+            or "none (target.offload / vae_slicing / vae_tiling)")
     print(f"peak memory: {r['peak']}; weights {r.get('dtype', '?')}; memory options: {opts}")
 
 

@@ -180,7 +180,8 @@ def to_single_file(model_dir: str | os.PathLike, family: str, out_file: str | os
     out = {UNET_PREFIX + k: v for k, v in den.items()}
     if not denoiser_only:
         vae = diffusers.AutoencoderKL.from_pretrained(str(model_dir), subfolder="vae", **load)
-        out.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae.state_dict(), len(vae.config.down_block_types)).items()})
+        ldm_vae = vae_to_ldm(vae.state_dict(), len(vae.config.down_block_types))
+        out.update({VAE_PREFIX + k: v for k, v in ldm_vae.items()})
     if with_text_encoder:
         from transformers import CLIPTextModel
 

@@ -225,7 +225,8 @@ def _components_not_in_file(single: Path, folder: Path, index: dict[str, Any]) -
         library, cls_name = spec
         if library == "transformers" and name.startswith("text_encoder"):
             cls = getattr(transformers, cls_name)
-            inside = is_clip_model_in_single_file(cls, keys) or (cls_name.startswith("T5") and is_t5_in_single_file(keys))
+            t5 = cls_name.startswith("T5") and is_t5_in_single_file(keys)
+            inside = is_clip_model_in_single_file(cls, keys) or t5
             if not inside:
                 out[name] = cls.from_pretrained(str(folder), subfolder=name, local_files_only=True)
         elif name == "vae" and not any(k.startswith(tuple(LDM_VAE_KEYS)) for k in keys):
