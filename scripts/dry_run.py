@@ -9,7 +9,10 @@ one-line refusals as a run), scores the first ``runtime.batch_size`` works, and 
 declared denoiser evaluations per image, the counted evaluations of the batch (shared calls make a suite
 cheaper than its parts), the batch's wall time, and the estimate for all works; then peak memory (CUDA
 allocator peak on a GPU, the process's peak resident set on a CPU). Nothing is written. Reconstruction
-tests are not included in the estimate.
+tests are not included in the estimate. The run's throughput settings (``runtime.attention``, ``channels_last``,
+``compile``) are applied as a run applies them; ``--probe-batch=N`` also finds the largest batch (≤ N) of the
+whole suite that fits in memory (:func:`audit.parallel.speed.probe_batch_size`; on a CPU nothing runs out of
+memory, so it reports N).
 """
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ from omegaconf import DictConfig  # noqa: E402
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
-def dry_run(cfg: DictConfig) -> dict:
+def dry_run(cfg: DictConfig, probe_limit: int = 0) -> dict:
     from hydra.utils import instantiate
+
+    from audit.parallel.speed import apply_speed_settings, attack_batch_runner, probe_batch_size
 
     from audit.attacks import score_evidence
     from audit.pipeline import build_attacks, load_evidence_from_config, read_entries_from_config, validate_config
@@ -40,6 +45,7 @@ def dry_run(cfg: DictConfig) -> dict:
     entries = read_entries_from_config(cfg.data)
     t0 = time.time()
     target = instantiate(cfg.target)
+    speed = apply_speed_settings(target, cfg.runtime)  # runtime.attention / channels_last / compile, as a run applies them
     load_s = time.time() - t0
     attacks = build_attacks(cfg)
     for attack in attacks.values():
@@ -67,7 +73,12 @@ def dry_run(cfg: DictConfig) -> dict:
         peak = f"{torch.cuda.max_memory_allocated(target.device) / 2**30:.2f} GiB (CUDA allocator peak)"
     else:
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (peak resident set)"
-    return {"family": target.family, "process": target.process.describe(), "load_s": load_s,
+    probe = None
+    if probe_limit:  # --probe-batch=N: the largest batch (<= N) of the whole suite that fits in memory
+        probe = probe_batch_size(attack_batch_runner(target, attacks, ev.batch(0, len(ev)), seed=int(cfg.seed)),
+                                 start=min(bs, probe_limit), limit=probe_limit)
+    return {"family": target.family, "process": target.process.describe(), "load_s": load_s, "speed": speed,
+            "probe": probe,
             "memory": dict(getattr(target.info, "memory", {}) or {}), "dtype": str(target.dtype).replace("torch.", ""),
             "n_works": len(entries), "batch": len(ev), "rows": rows, "suite": suite, "peak": peak}
 
@@ -84,6 +95,10 @@ def _print(r: dict) -> None:
     opts = (", ".join(f"{k}={v}" for k, v in r.get("memory", {}).items())
             or "none (target.offload / vae_slicing / vae_tiling)")
     print(f"peak memory: {r['peak']}; weights {r.get('dtype', '?')}; memory options: {opts}")
+    if r.get("probe"):
+        pr = r["probe"]
+        print(f"largest batch that fits (whole suite, limit {pr['limit']}): {pr['largest']}; tried: "
+              + ", ".join(f"{b} {v}" for b, v in pr["tried"].items()))
 
 
 def _hms(s: float) -> str:
@@ -94,13 +109,18 @@ def _hms(s: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    probe_limit = 0
+    for a in [a for a in args if a.startswith("--probe-batch")]:  # --probe-batch=N: find the largest batch <= N
+        args.remove(a)
+        probe_limit = int(a.split("=", 1)[1]) if "=" in a else 1024
     # compose, not @hydra.main: a dry run creates no run folder
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="audit", overrides=list(sys.argv[1:] if argv is None else argv))
+        cfg = compose(config_name="audit", overrides=args)
     from audit.cli import run_reporting_user_errors
 
     # the same user errors audit-run reports in one line (exit status 2)
-    _print(run_reporting_user_errors("dry run", dry_run, cfg))
+    _print(run_reporting_user_errors("dry run", dry_run, cfg, probe_limit))
 
 
 if __name__ == "__main__":
