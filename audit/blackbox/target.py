@@ -270,6 +270,8 @@ class HttpTarget(_Backend):
 
         Returns False for a dry run (``target.dry_run``): nothing is sent and the caller stops."""
         self._names = {id(a): n for n, a in attacks.items()}
+        for attack in attacks.values():  # an attack that cannot run here refuses before the budget is printed
+            attack.check_target(self)
         b = self.plan(evidence, attacks, seed)
         self.budget = b
         print(self.budget_line(b), flush=True)
