@@ -319,8 +319,10 @@ def test_other_attacks_refuse_a_black_box_service_in_one_line(tmp_path):
 def test_configuration_refusals(tmp_path):
     with pytest.raises(E.ConfigError, match="must not hold a credential"):
         _target("https://user:pw@api.example.com", tmp_path)
-    with pytest.raises(E.ConfigError, match="NAME of an environment variable"):
-        _target("https://api.example.com", tmp_path, api_key_env=SECRET)
+    for pasted in (SECRET, "abc123def456ghi789"):  # a key pasted instead of a variable name is not echoed
+        with pytest.raises(E.ConfigError, match="NAME of an environment variable") as info:
+            _target("https://api.example.com", tmp_path, api_key_env=pasted)
+        assert pasted not in str(info.value)
     with pytest.raises(E.ConfigError, match="refusing to send a credential over plain http to api.example.com"):
         _target("http://api.example.com", tmp_path)
     with pytest.raises(E.ConfigError, match="must not have a query string"):

@@ -39,7 +39,8 @@ from audit.targets.base import TargetInfo
 log = logging.getLogger(__name__)
 
 _NO_NETWORK = torch.nn.Module()
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# conventional variable names only: a key pasted here by mistake is refused without being echoed
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
 
 
 def to_hwc_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -126,7 +127,7 @@ class HttpTarget(_Backend):
             raise E.ConfigError(f"target.resolution must be an integer ≥ 8 (the size images are sent at), got {resolution!r}")
         if api_key_env is not None and not _ENV_NAME.match(str(api_key_env)):
             raise E.ConfigError("target.api_key_env must be the NAME of an environment variable holding the "
-                                "credential (letters, digits, _), not the credential itself")
+                                "credential (capital letters, digits, _; at most 64), not the credential itself")
         from urllib.parse import urlsplit
 
         parts = urlsplit(self.base_url)
