@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from audit.blackbox import errors as E
-from audit.blackbox.images import decode_image, sha256
+from audit.blackbox.images import decode_image
 from audit.blackbox.log import BUDGET, SERVICE, ReplayLog, RequestLog, ResponseCache, utc
 from audit.blackbox.service import HttpClient, LocalService, Operation, Request, check_base_url
 from audit.targets.base import TargetInfo
