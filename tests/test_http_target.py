@@ -385,3 +385,17 @@ def test_response_cache_answers_a_rerun_without_requests(tmp_path, monkeypatch):
     assert first.keys() == again.keys() and all(np.array_equal(first[k], again[k]) for k in first)
     log_b = read_jsonl(tmp_path / "b" / "blackbox" / LOG)
     assert [e["source"] for e in log_b] == ["cache"] * 6 and all(e["first_answered_utc"] for e in log_b)
+
+
+def test_multipart_upload_of_the_image(tmp_path, monkeypatch):
+    """Services that take the image as a multipart file part: the PNG arrives intact, the log has its hash."""
+    monkeypatch.setenv(ENV, SECRET)
+    ops = {"img2img": {"path": "/v1/images/variations", "encoding": "multipart", "response": {"type": "bytes"},
+                       "body": {"image": "{image_file}", "strength": "{strength}", "seed": "{seed}", "steps": "{steps}"}}}
+    with GroundTruthServer(Echo(), api_key=SECRET) as server:
+        t = _target(server.url, tmp_path, operations=ops)
+        (got,) = t.resolve_requests([_img2img(4)]).values()
+    (rec,) = read_jsonl(tmp_path / "blackbox" / LOG)
+    assert rec["body"]["image"] == f"<file sha256:{rec['sent_sha256']}>"
+    assert rec["response"]["received_sha256"] == rec["sent_sha256"]  # the echo returned the uploaded PNG's pixels
+    assert (got == 90).all()

@@ -4,7 +4,8 @@ Tests, the benchmark and the demo start it around a model whose training split i
 ``target=http`` like any hosted service. Endpoints (JSON bodies):
 
 - ``POST /v1/images/generations`` ``{prompt, seed, steps, size}`` → ``{"data": [{"b64_json": <PNG>}]}``
-- ``POST /v1/images/variations``  ``{image: <base64 PNG>, strength, seed, steps, prompt}`` → PNG bytes
+- ``POST /v1/images/variations``  ``{image: <base64 PNG>, strength, seed, steps, prompt}`` → PNG bytes (also as
+  multipart/form-data with the image as a file part)
 - ``GET /stats`` → requests received per path (for tests: "zero requests" is counted here)
 
 Optional behaviour for tests: an API key (401 without it), a word that makes a prompt be refused (451, "content
@@ -101,9 +102,10 @@ class GroundTruthServer:
                 if outer.delay_s:
                     time.sleep(outer.delay_s)
                 try:
-                    req = json.loads(raw or b"{}")
+                    ctype = self.headers.get("Content-Type", "")
+                    req = _multipart(raw, ctype) if ctype.startswith("multipart/form-data") else json.loads(raw or b"{}")
                 except ValueError:
-                    return self._json(400, {"error": "body is not JSON"})
+                    return self._json(400, {"error": "body is not JSON or multipart form data"})
                 prompt = str(req.get("prompt") or "")
                 if outer.refuse_word and outer.refuse_word in prompt.lower():
                     return self._json(451, {"error": {"message": "the prompt violates the content policy"}})
@@ -151,6 +153,22 @@ class GroundTruthServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _multipart(raw: bytes, content_type: str) -> dict[str, Any]:
+    """A multipart/form-data body as the JSON form of the request (the file part base64-encoded)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    if not msg.is_multipart():
+        raise ValueError("not multipart")
+    out: dict[str, Any] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        data = part.get_payload(decode=True) or b""
+        out[str(name)] = base64.b64encode(data).decode() if part.get_filename() else data.decode()
+    return out
 
 
 def serve_model(model_dir: str, **kwargs: Any) -> GroundTruthServer:

@@ -29,6 +29,7 @@ from audit.blackbox import errors as E
 from audit.blackbox.images import b64, decode_image, sha256
 
 OPERATIONS = ("text2image", "img2img")
+IMAGE_FILE = object()  # marks the multipart part that carries the image
 RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
@@ -108,6 +109,7 @@ class Operation:
     method: str = "POST"
     response: str = "bytes"  # "bytes" (the body is the image) | "json_base64" (base64 at `field`)
     field: str = ""
+    encoding: str = "json"  # "json" body | "multipart" form (the image, `{image_file}`, uploaded as a PNG file part)
 
     @staticmethod
     def from_config(name: str, cfg: Mapping[str, Any]) -> "Operation":
@@ -125,16 +127,24 @@ class Operation:
         method = str(cfg.get("method", "POST")).upper()
         if method not in ("POST", "PUT"):
             raise E.ConfigError(f"target.operations.{name}.method must be POST or PUT, got {method!r}")
-        return Operation(name, str(cfg["path"]), dict(cfg.get("body") or {}), method, kind, str(resp.get("field", "")))
+        encoding = str(cfg.get("encoding", "json"))
+        if encoding not in ("json", "multipart"):
+            raise E.ConfigError(f"target.operations.{name}.encoding must be json or multipart, got {encoding!r}")
+        return Operation(name, str(cfg["path"]), dict(cfg.get("body") or {}), method, kind, str(resp.get("field", "")),
+                         encoding)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "method": self.method, "body": self.body,
-                "response": {"type": self.response, "field": self.field}}
+        d = {"path": self.path, "method": self.method, "body": self.body,
+             "response": {"type": self.response, "field": self.field}}
+        if self.encoding != "json":
+            d["encoding"] = self.encoding
+        return d
 
     def values(self, req: Request, extra: Mapping[str, Any], for_log: bool = False) -> dict[str, Any]:
         v = {**extra, **dict(req.params)}
         if req.image is not None:
             v["image_b64"] = f"<sha256:{req.image_sha256}>" if for_log else b64(req.image)
+            v["image_file"] = f"<file sha256:{req.image_sha256}>" if for_log else IMAGE_FILE
         return v
 
     def parse(self, content: bytes, content_type: str, resolution: int) -> tuple[bytes, np.ndarray]:
@@ -256,7 +266,14 @@ class HttpClient:
             raise E.ConfigError(f"the service has no '{req.operation}' operation configured (target.operations)")
         op = self.operations[req.operation]
         body = render(op.body, op.values(req, self.extra_values))
-        headers = {**self.headers, "Content-Type": "application/json"}
+        if op.encoding == "multipart":  # form fields as text, the image as a PNG file part
+            files = {k: ("image.png", req.image, "image/png") for k, v in body.items() if v is IMAGE_FILE}
+            payload = {"data": {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items()
+                                if v is not IMAGE_FILE}, "files": files}
+            headers = dict(self.headers)
+        else:
+            payload = {"json": body}
+            headers = {**self.headers, "Content-Type": "application/json"}
         key = self._secret()
         if key:
             headers[self.auth_header] = f"{self.auth_scheme} {key}" if self.auth_scheme else key
@@ -272,7 +289,7 @@ class HttpClient:
             with self._count_lock:
                 self.sent += 1
             try:
-                r = self._session().request(op.method, self.url(op), json=body, headers=headers, timeout=self.timeout_s)
+                r = self._session().request(op.method, self.url(op), headers=headers, timeout=self.timeout_s, **payload)
             except requests.Timeout:
                 attempts.append(Attempt(None, "timeout", wall0, time.monotonic() - t0, waited))
                 last = f"timed out after {self.timeout_s:g} s"
