@@ -40,7 +40,7 @@ def _cfg(url: str, manifest: Path, cache: Path | None, *extra: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="audit", overrides=[
             "experiment=own_model", "target=http", f"target.base_url={url}", "target.resolution=16",
-            f"target.api_key_env={ENV}", "target.rate_limit=null", "target.steps.img2img=50",
+            f"target.api_key_env={ENV}", "target.rate_limit=null", "target.steps.img2img=30",
             "target.steps.text2image=10", "target.backoff_s=0.01", "target.price_per_request=0.002",
             f"target.cache_dir={cache if cache else 'null'}", f"data.manifest={manifest}",
             "attack=[bb_variation,bb_generate]", "attack.bb_variation.n=2", "attack.bb_generate.n=6",
