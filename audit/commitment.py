@@ -172,7 +172,7 @@ def commit_plan(cfg: Any, out_dir: str | os.PathLike[str]) -> Path:
     target = instantiate(cfg.target, _convert_="all")
     # the same accepted works and the same decisions as audit-run (no score is computed)
     evidence = load_evidence_from_config(cfg.data, target.info.resolution, False, entries=entries)
-    plan, _, why = complete_plan(cfg, plan, attacks, evidence)
+    plan, _, why = complete_plan(cfg, plan, attacks, evidence, target)
     record = build_commitment(plan, why, entries, _manifest_path(cfg), target.fingerprint,
                               str(cfg.target.get("source")) if cfg.target.get("source") is not None else None)
     path = out / COMMITTED_PLAN

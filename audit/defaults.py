@@ -14,7 +14,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["add_lora_calibration", "fit_default_attacks", "CALIBRATED_NAME", "DEFAULT_ATTACKS"]
+__all__ = ["add_lora_calibration", "choose_default_primary", "fit_default_attacks", "CALIBRATED_NAME", "DEFAULT_ATTACKS"]
 
 CALIBRATED_NAME = "loss_calibrated"
 # the attack list of configs/audit.yaml: a run that did not choose its attacks gets this list, fitted to the target
@@ -60,7 +60,8 @@ def add_lora_calibration(cfg: DictConfig, attacks: dict[str, Any], plan: Any) ->
 def fit_default_attacks(attacks: dict[str, Any], target: Any) -> tuple[dict[str, Any], str]:
     """With the default attack list (:data:`DEFAULT_ATTACKS`, i.e. the user chose none), leave out the attacks
     that do not support this target (e.g. PIAN on a flow-matching model) instead of stopping the run, and say
-    so. A list the user chose is kept as it is: an attack there that cannot run stops the run in one line."""
+    so; a black-box service (``target=http``), which none of them supports, gets :data:`BLACK_BOX_DEFAULTS`.
+    A list the user chose is kept as it is: an attack there that cannot run stops the run in one line."""
     from audit.attacks.base import AttackSetupError
 
     if set(attacks) != set(DEFAULT_ATTACKS):
@@ -72,7 +73,63 @@ def fit_default_attacks(attacks: dict[str, Any], target: Any) -> tuple[dict[str,
             kept[name] = attack
         except AttackSetupError as e:
             dropped.append(f"{name} ({str(e).rstrip('.')})")
+    if not kept and getattr(target, "access", None) == "black":
+        return black_box_defaults(), ("Default attacks fitted to a black-box service: " + ", ".join(BLACK_BOX_DEFAULTS)
+                                      + " (the model's own attacks need its weights); " + ", ".join(BLACK_BOX_DEFAULTS[:1])
+                                      + " is the primary statistic.")
     if not dropped or not kept:
         return attacks, ""  # nothing to leave out, or nothing would be left: the scoring step names the reason
     return kept, "Default attacks fitted to the target: left out " + "; ".join(dropped) + "."
 
+
+#: the default attacks against a hosted service (target=http), from configs/attack/<name>.yaml; the first is
+#: primary (results/blackbox/: the variation distance was the strongest black-box statistic)
+BLACK_BOX_DEFAULTS = ("bb_variation", "bb_img2img")
+
+
+def black_box_defaults() -> dict[str, Any]:
+    from pathlib import Path
+
+    from audit.cli import CONFIG_DIR
+
+    folder = Path(CONFIG_DIR) / "attack"
+    out = {}
+    for name in BLACK_BOX_DEFAULTS:
+        spec = OmegaConf.load(folder / f"{name}.yaml")[name]
+        out[name] = instantiate(spec, _convert_="all")
+    return out
+
+
+#: where the default primary statistic was measured (scripts/default_primary.py)
+DEFAULT_PRIMARY_TABLE = "results/default_primary/default_primary.md"
+
+
+def choose_default_primary(cfg: DictConfig, plan: Any, attacks: dict[str, Any], n_suspect: int
+                           ) -> tuple[Any, str]:
+    """The default primary statistic, chosen by measurement (:data:`DEFAULT_PRIMARY_TABLE`).
+
+    When the run uses the default attack list (fitted to the target) and the plan names neither
+    ``stats.primary_attack`` nor ``stats.features`` nor a test, the attacks' scores are combined by the
+    cross-fitted test (``features`` = the default attacks that run). On the DDPM benchmarks this needed as few
+    suspects as the best single attack and 2.5× fewer than the plain loss, at the same false-positive rate.
+
+    A LoRA target keeps ``loss_calibrated`` alone (set by :func:`add_lora_calibration`): adding the uncalibrated
+    attacks to it helped on the SD-layout LoRA benchmark but diluted the only useful signal on the flow LoRA
+    (power 0.18 vs 0.42 with 30 suspects), and on a held-out LoRA audit the calibrated loss alone gave p = 8e-10.
+    A run with its own attack list keeps its first attack. With fewer than 2 suspects no cross-fit is possible
+    and the first attack stays primary."""
+    stats_cfg = cfg.get("stats") or {}
+    if stats_cfg.get("primary_attack") is not None or stats_cfg.get("features") or plan.features:
+        return plan, ""  # the user named the primary statistic
+    if str(stats_cfg.get("test", "auto")) != "auto" or CALIBRATED_NAME in attacks:
+        return plan, ""
+    names = list(attacks)
+    if len(names) < 2 or not set(names) <= set(DEFAULT_ATTACKS):
+        return plan, ""  # the user's own attack list (or one attack left): the first attack stays primary
+    if n_suspect < 2:
+        return plan, (f"Primary statistic: the first attack (a cross-fitted feature set needs at least 2 suspects; "
+                      f"{n_suspect} accepted).")
+    plan = replace(plan, features=tuple(names), primary_attack=None, test="auto")
+    return plan, (f"Primary statistic: the default attacks' scores combined by the cross-fitted test "
+                  f"(features {', '.join(names)}; per-work p-values from {names[0]}), the default chosen by "
+                  f"measurement ({DEFAULT_PRIMARY_TABLE}).")

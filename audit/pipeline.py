@@ -238,17 +238,20 @@ def complete_plan(cfg: DictConfig, plan: Any, attacks: dict[str, Attack], eviden
                   ) -> tuple[Any, dict[str, Attack], str]:
     """The defaults that depend on what is audited, decided from the accepted works before scoring: strata
     (:func:`audit.stats.analysis.resolve_strata`, on the accepted works so rejected files do not count) and
-    base calibration of a LoRA target (:func:`audit.defaults.add_lora_calibration`), and the default attack list
-    fitted to the target's family (:func:`audit.defaults.fit_default_attacks`). Returns the plan, the attacks
+    base calibration of a LoRA target (:func:`audit.defaults.add_lora_calibration`), the default attack list
+    fitted to the target's family (:func:`audit.defaults.fit_default_attacks`) and the default primary statistic
+    (:func:`audit.defaults.choose_default_primary`). Returns the plan, the attacks
     and a sentence saying what was decided."""
-    from audit.defaults import add_lora_calibration, fit_default_attacks
+    from audit.defaults import add_lora_calibration, choose_default_primary, fit_default_attacks
 
     fit_decision = ""
     if target is not None:
         attacks, fit_decision = fit_default_attacks(attacks, target)
     plan, strata_decision = resolve_strata(plan, [{"role": r.role, "artist": r.artist} for r in evidence.records])
     attacks, plan, lora_decision = add_lora_calibration(cfg, attacks, plan)
-    decisions = " ".join(s for s in (fit_decision, strata_decision, lora_decision) if s)
+    n_suspect = sum(r.role == "suspect" for r in evidence.records)
+    plan, primary_decision = choose_default_primary(cfg, plan, attacks, n_suspect)
+    decisions = " ".join(s for s in (fit_decision, strata_decision, lora_decision, primary_decision) if s)
     log.info("analysis plan: %s", decisions)
     return plan, attacks, decisions
 

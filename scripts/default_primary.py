@@ -3,7 +3,8 @@ fewest suspect works for p ≤ 0.01 while its false-positive rate stays ≤ α o
 
 Reads the per-image member / non-member scores the committed ground-truth benchmarks already hold
 (``results/benchmarks/<target>/benchmark.json``, made by ``scripts/benchmark.py``; every attack there scored
-the same works in the same order, so per-work feature vectors line up) and, for each candidate default,
+the same works in the same order, so per-work feature vectors line up; ``demo``: the committed demo audit's
+``results/demo/scores.parquet``, its suspects and known members being the members) and, for each candidate default,
 simulates audits:
 
 - **power**: ``n`` suspects drawn from the known members, controls drawn from the known non-members; the share
@@ -18,7 +19,9 @@ Candidates (each only where its attacks ran on the target):
 - ``suite``: the default attack list (loss, pia, pian; those the target supports) combined by the cross-fitted
   non-negative logistic test (``test=crossfit``);
 - ``loss_calibrated``: loss calibrated against the base model (LoRA targets), Mann–Whitney U;
-- ``suite_calibrated``: the calibrated versions of the suite, cross-fitted (LoRA targets).
+- ``suite_calibrated``: the calibrated versions of the suite, cross-fitted (LoRA targets);
+- ``suite_plus_calibrated``: ``loss_calibrated`` and the suite together, cross-fitted (LoRA targets: exactly
+  the scores a default LoRA run computes).
 
 The cross-fitted test uses fewer label permutations here than an audit (``--perm-power`` for the power draws,
 ``--perm-null`` for the null draws; an audit uses 999): a permutation p-value is valid for any number of
@@ -42,10 +45,19 @@ sys.path.insert(0, str(ROOT))
 from audit.stats.tests import clopper_pearson, crossfit_test, mann_whitney_batch  # noqa: E402
 
 SUITE = ["loss", "pia", "pian"]
-TARGETS = ["ddpm_openclipart", "lora_synthetic", "lora_flow_synthetic"]
+TARGETS = ["ddpm_openclipart", "demo", "lora_synthetic", "lora_flow_synthetic"]
 
 
 def load_scores(name: str) -> dict[str, dict[str, np.ndarray]]:
+    if name == "demo":  # the committed demo audit: suspects + known members are members, the rest are not
+        import pandas as pd
+
+        df = pd.read_parquet(ROOT / "results" / "demo" / "scores.parquet")
+        df["truth"] = df["role"].map({"suspect": "member", "member": "member", "control": "nonmember",
+                                      "nonmember": "nonmember"})
+        wide = df.pivot_table(index=["image_id", "truth"], columns="attack", values="score").reset_index()
+        return {a: {t: wide.loc[wide["truth"] == t, a].to_numpy(float) for t in ("member", "nonmember")}
+                for a in df["attack"].unique()}
     d = json.loads((ROOT / "results" / "benchmarks" / name / "benchmark.json").read_text())
     return {a["attack"]: {r: np.asarray(v, dtype=float) for r, v in a["scores"].items()}
             for a in d["attacks"] if a.get("status") == "ok"}
@@ -65,6 +77,8 @@ def candidates(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, list[str]]
     cal = [f"{a}_calibrated" for a in SUITE if f"{a}_calibrated" in scores]
     if len(cal) >= 2:
         out["suite_calibrated"] = cal
+    if "loss_calibrated" in scores and len(suite) >= 2:
+        out["suite_plus_calibrated"] = ["loss_calibrated", *suite]  # what a default LoRA run has scored anyway
     return out
 
 
@@ -121,15 +135,23 @@ def main() -> None:
     ap.add_argument("--perm-power", type=int, default=199)
     ap.add_argument("--perm-null", type=int, default=99)
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--candidates", nargs="*", default=None, help="only these candidates (default: all)")
+    ap.add_argument("--merge", action="store_true", help="add to an existing default_primary.json in --out")
     ap.add_argument("--out", default=str(ROOT / "results" / "default_primary"))
     a = ap.parse_args()
     t0 = time.time()
-    result = {"command": "python scripts/default_primary.py " + " ".join(sys.argv[1:]), "settings": vars(a),
-              "targets": {}}
+    out = Path(a.out)
+    command = "python scripts/default_primary.py " + " ".join(sys.argv[1:])
+    result = {"command": command, "settings": vars(a), "targets": {}}
+    if a.merge and (out / "default_primary.json").is_file():
+        result = json.loads((out / "default_primary.json").read_text())
+        result["command"] = result["command"] + "; then " + command
     for name in a.targets:
         scores = load_scores(name)
-        rows = {}
+        rows = result["targets"].get(name, {}).get("candidates", {})
         for cand, attacks in candidates(scores).items():
+            if a.candidates and cand not in a.candidates:
+                continue
             t = time.time()
             sim = simulate(matrix(scores, attacks, "member"), matrix(scores, attacks, "nonmember"), a.sizes,
                            a.draws, a.null_draws, a.null_size, a.max_controls, a.alpha, a.perm_power,
@@ -141,8 +163,7 @@ def main() -> None:
         n_mem = len(next(iter(scores.values()))["member"])
         n_non = len(next(iter(scores.values()))["nonmember"])
         result["targets"][name] = {"n_member": n_mem, "n_nonmember": n_non, "candidates": rows}
-    result["wall_s"] = time.time() - t0
-    out = Path(a.out)
+    result["wall_s"] = result.get("wall_s", 0.0) + time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     (out / "default_primary.json").write_text(json.dumps(result, indent=1))
     (out / "default_primary.md").write_text(render(result))

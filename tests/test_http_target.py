@@ -399,3 +399,26 @@ def test_multipart_upload_of_the_image(tmp_path, monkeypatch):
     assert rec["body"]["image"] == f"<file sha256:{rec['sent_sha256']}>"
     assert rec["response"]["received_sha256"] == rec["sent_sha256"]  # the echo returned the uploaded PNG's pixels
     assert (got == 90).all()
+
+
+def test_the_default_attack_list_on_a_black_box_service_is_the_black_box_one(artworks, tmp_path, monkeypatch,
+                                                                            capsys):
+    """A new user's `audit-run experiment=own_model target=http ...` without choosing attacks: the model's own
+    attacks (loss, PIA, PIAN) need its weights, so the default list becomes the black-box statistics."""
+    from audit.pipeline import run_audit
+
+    members, held_out = artworks
+    manifest = _manifest(tmp_path, members, held_out)
+    n_works = 8 + len(held_out)
+    with GroundTruthServer(Echo(), api_key=SECRET) as server:
+        monkeypatch.setenv(ENV, SECRET)
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="audit", overrides=[
+                "experiment=own_model", "target=http", f"target.base_url={server.url}", "target.resolution=16",
+                f"target.api_key_env={ENV}", "target.rate_limit=null", "target.dry_run=true",
+                f"data.manifest={manifest}", "runtime.progress=false", "score_store=null"])
+        run_audit(cfg, tmp_path / "dry")
+        printed = capsys.readouterr().out
+        assert server.total == 0
+        # bb_variation: 4 variations per work; bb_img2img: 2 reconstructions per work (configs/attack/*.yaml)
+        assert f"({4 * n_works} bb_variation, {2 * n_works} bb_img2img)" in printed, printed
