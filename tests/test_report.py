@@ -366,3 +366,16 @@ def test_the_report_renders_in_headless_chromium(tmp_path, audit_inputs):
     broken = tmp_path / "broken.html"
     broken.write_text(path.read_text(encoding="utf-8").replace('id="gates"', 'id="gone"'), encoding="utf-8")
     assert check_in_browser(broken, tmp_path / "b2")["missing_sections"] == ["gates"]
+
+
+def test_the_committed_demo_report_has_no_number_outside_its_records():
+    """results/demo is the example report we hand out: every number in its text is in its own records."""
+    import json
+
+    from audit.report.numbers import report_numbers, unexplained_numbers
+
+    demo = Path(__file__).resolve().parents[1] / "results" / "demo"
+    raw = (demo / "report.html").read_text(encoding="utf-8")
+    records = [json.loads((demo / f).read_text(encoding="utf-8")) for f in ("analysis.json", "run.json", "plan.json")]
+    assert len(report_numbers(raw)) > 200
+    assert unexplained_numbers(raw, *records) == []
