@@ -379,3 +379,23 @@ def test_the_committed_demo_report_has_no_number_outside_its_records():
     records = [json.loads((demo / f).read_text(encoding="utf-8")) for f in ("analysis.json", "run.json", "plan.json")]
     assert len(report_numbers(raw)) > 200
     assert unexplained_numbers(raw, *records) == []
+
+
+def test_a_p_value_at_the_permutation_floor_is_called_the_floor_in_plain_words():
+    scores = make_table(3.0, n_suspect=12, n_control=40, attacks=("loss", "pia"))
+    plan = AnalysisPlan(features=("loss", "pia"), crossfit_permutations=19, n_bootstrap=20, gates=("placebo",),
+                        n_placebo=20)
+    res = analyze(scores, None, plan, recorded_plan_sha256=plan.sha256())
+    assert res.verdict.decision == "reject_h0" and res.verdict.p_value == pytest.approx(1 / 20)
+    text = " ".join(plain_summary(res))
+    assert "the smallest this test can report" in text and "19 random reshufflings" in text
+    weaker = make_table(0.6, n_suspect=12, n_control=40, attacks=("loss", "pia"))
+    res2 = analyze(weaker, None, replace_plan(plan, crossfit_permutations=999), recorded_plan_sha256=None)
+    if res2.verdict.p_value > 1 / 1000:
+        assert "smallest this test can report" not in " ".join(plain_summary(res2))
+
+
+def replace_plan(plan, **kw):
+    from dataclasses import replace
+
+    return replace(plan, **kw)

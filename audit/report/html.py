@@ -132,6 +132,13 @@ def plain_summary(result: AuditResult) -> list[str]:
             "no suspect work being in the training data. This concerns the suspect set as a whole: it does not "
             "say which works were used, and it is statistical evidence, not proof."
         )
+        if t is not None and t.n_resamples and v.p_value is not None and v.p_value <= 1.0 / (t.n_resamples + 1) + 1e-12:
+            out.append(
+                f"That p-value is the smallest this test can report: it compares the real result with "
+                f"{t.n_resamples:,} random reshufflings of which works are called suspects, and none of them came "
+                "out as extreme. The evidence may be stronger still; more reshufflings (stats.n_permutations or "
+                "stats.crossfit_permutations) would show how much."
+            )
     elif v.decision == "fail_to_reject":
         out.append(
             f"The model does not treat the {n_s} suspect works differently from {n_c} comparable works known not "
