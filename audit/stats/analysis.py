@@ -327,6 +327,20 @@ def _fmt_pct(f: float) -> str:
     return f"{f * 100:g}%"
 
 
+#: Single-attack set-level tests, each run on every attack with suspects and controls (``set_tests`` of its
+#: AttackResult; the plan's ``test`` picks the primary one): name -> (needs strata, test(s, c, plan, strata)).
+#: A new test is one entry here (and its name among the values AnalysisPlan.test accepts). The feature-set
+#: test, crossfit, combines attacks and is run once in :func:`analyze`.
+SET_TESTS: dict[str, tuple[bool, Any]] = {
+    "mann_whitney": (False, lambda s, c, plan, st: mann_whitney(s, c, plan.alternative, n_resamples=plan.n_permutations,
+                                                                seed=plan.seed)),
+    "permutation": (False, lambda s, c, plan, st: permutation_test(s, c, n_resamples=plan.n_permutations,
+                                                                   seed=plan.seed, alternative=plan.alternative)),
+    "van_elteren": (True, lambda s, c, plan, st: van_elteren_test(s, c, st[0], st[1], plan.n_permutations, plan.seed,
+                                                                  plan.alternative)),
+}
+
+
 def _analyze_attack(
     attack: str, df: pd.DataFrame, plan: AnalysisPlan, primary: bool, strata: dict[str, str] | None = None
 ) -> tuple[AttackResult, list[str]]:
@@ -338,22 +352,23 @@ def _analyze_attack(
     boot = dict(n_boot=plan.n_bootstrap, level=plan.ci_level, seed=plan.seed)
 
     if s.size and c.size:
-        res.set_tests["mann_whitney"] = mann_whitney(s, c, plan.alternative, n_resamples=plan.n_permutations,
-                                                     seed=plan.seed)
-        res.set_tests["permutation"] = permutation_test(s, c, n_resamples=plan.n_permutations, seed=plan.seed,
-                                                        alternative=plan.alternative)
+        ids = df.loc[df["role"] == "suspect", "image_id"].tolist()
+        c_ids = df.loc[df["role"] == plan.control_role, "image_id"].tolist()
+        st = None
+        if plan.strata and strata is not None:
+            s_st, c_st = _strata_of_ids(strata, ids, plan), _strata_of_ids(strata, c_ids, plan)
+            st = (s_st, c_st)
+        for name, (needs_strata, test_fn) in SET_TESTS.items():
+            if needs_strata and st is None:
+                continue
+            try:
+                res.set_tests[name] = test_fn(s, c, plan, st)
+            except ValueError as e:
+                notes.append(f"Attack {attack!r}: no {name.replace('_', ' ')} test ({e}).")
         res.auc_suspect_control = auc_with_ci(s, c, **boot)
         res.tpr_suspect_control = [tpr_at_fpr(s, c, f, **boot) for f in plan.fpr_levels]
 
-        ids = df.loc[df["role"] == "suspect", "image_id"].tolist()
-        c_ids = df.loc[df["role"] == plan.control_role, "image_id"].tolist()
-        if plan.strata and strata is not None:
-            s_st, c_st = _strata_of_ids(strata, ids, plan), _strata_of_ids(strata, c_ids, plan)
-            try:
-                res.set_tests["van_elteren"] = van_elteren_test(s, c, s_st, c_st, plan.n_permutations, plan.seed,
-                                                                plan.alternative)
-            except ValueError as e:
-                notes.append(f"Attack {attack!r}: no stratified test ({e}).")
+        if st is not None:
             p_all = stratified_conformal_pvalues(s, c, s_st, c_st)
             notes.extend(_stratum_notes(attack, plan, s_st, c_st, primary))
         else:
