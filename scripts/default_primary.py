@@ -94,17 +94,20 @@ def pvalues(S: np.ndarray, C: np.ndarray, n_perm: int, seed: int) -> float:
 
 
 def simulate(pos: np.ndarray, neg: np.ndarray, sizes: list[int], draws: int, null_draws: int, null_size: int,
-             max_controls: int, alpha: float, perm_power: int, perm_null: int, seed: int) -> dict:
+             max_controls: int, alpha: float, perm_power: int, perm_null: int, seed: int,
+             fraction: float = 1.0) -> dict:
     rng = np.random.default_rng(seed)
     power = []
     for n in sizes:
-        if n > len(pos):
+        hits, ps = 0, []
+        k = int(round(n * fraction))
+        if k > len(pos) or n - k + 2 > len(neg):
             power.append({"n_suspect": n, "available": False})
             continue
-        hits, ps = 0, []
         for i in range(draws):
-            s = pos[rng.choice(len(pos), n, replace=False)]
-            c = neg[rng.permutation(len(neg))[:max_controls]]
+            perm = rng.permutation(len(neg))
+            s = np.vstack([pos[rng.choice(len(pos), k, replace=False)], neg[perm[:n - k]]])
+            c = neg[perm[n - k:][:max_controls]]
             p = pvalues(s, c, perm_power, seed + i)
             ps.append(p)
             hits += p <= alpha
@@ -136,6 +139,8 @@ def main() -> None:
     ap.add_argument("--perm-null", type=int, default=99)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--candidates", nargs="*", default=None, help="only these candidates (default: all)")
+    ap.add_argument("--fraction", type=float, default=1.0,
+                    help="share of members among the suspects in the power draws (the rest are non-members)")
     ap.add_argument("--merge", action="store_true", help="add to an existing default_primary.json in --out")
     ap.add_argument("--out", default=str(ROOT / "results" / "default_primary"))
     a = ap.parse_args()
@@ -155,7 +160,7 @@ def main() -> None:
             t = time.time()
             sim = simulate(matrix(scores, attacks, "member"), matrix(scores, attacks, "nonmember"), a.sizes,
                            a.draws, a.null_draws, a.null_size, a.max_controls, a.alpha, a.perm_power,
-                           a.perm_null, a.seed)
+                           a.perm_null, a.seed, a.fraction)
             rows[cand] = {"attacks": attacks, "test": "mann_whitney" if len(attacks) == 1 else "crossfit", **sim,
                           "seconds": time.time() - t}
             print(f"{name} {cand}: needed {sim['needed_power80']}, null FPR {sim['null']['fpr']:.4f} "
