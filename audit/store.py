@@ -71,11 +71,17 @@ class ScoreStore:
     device_type: str
     version: str = field(default_factory=_package_version)
     code: str = field(default_factory=code_fingerprint)
+    #: non-default denoiser settings that change scores in the last digits (audit.parallel.speed: attention,
+    #: channels_last, compile), e.g. "attention=eager"; empty = the defaults (and the context of earlier stores)
+    settings: str = ""
 
     @property
     def context(self) -> dict[str, Any]:
-        return {"target_fingerprint": self.fingerprint, "seed": int(self.seed), "dtype": self.dtype,
-                "device_type": self.device_type, "package_version": self.version, "scoring_code": self.code}
+        ctx = {"target_fingerprint": self.fingerprint, "seed": int(self.seed), "dtype": self.dtype,
+               "device_type": self.device_type, "package_version": self.version, "scoring_code": self.code}
+        if self.settings:
+            ctx["denoiser_settings"] = self.settings
+        return ctx
 
     @property
     def folder(self) -> Path:

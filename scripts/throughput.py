@@ -364,6 +364,10 @@ def write_md(root: Path) -> Path:
             lines.append(f"| {a['attack']} | {a['evals_per_image']:.0f} | {a['framework_evals_per_s']:.0f} | "
                          f"{a['framework_images_per_s']:.1f} | {a['bare_evals_per_s']:.0f} | {a['ratio']:.3f} |")
         lines += ["", "### Processes (the suite, sharded as an audit shards it)", "",
+                  *(["All processes share the one GPU of this machine (on a node, accelerate gives each its own).", ""]
+                    if kind == "GPU" else [f"{m['threads_per_process']} torch thread(s) per process on "
+                                           f"{m['cpu_count']} cores (shared with other jobs: see the load average).",
+                                           ""]),
                   "| processes | framework evals/s | bare evals/s | ratio | speed-up | scaling |", "|---|---|---|---|---|---|"]
         for s in r.get("scaling", []):
             lines.append(f"| {s['processes']} | {s['framework_evals_per_s']:.0f} | {s['bare_evals_per_s']:.0f} | "

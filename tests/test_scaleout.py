@@ -276,25 +276,29 @@ def test_bad_scale_config_exits_2_in_one_line_before_the_model_loads(setup, tmp_
     assert err.startswith("audit-run: error: runtime.shards=3 needs a launcher")
 
 
-def test_speed_settings_keep_scores_and_probe_finds_largest_batch(untrained_ddpm):
+def test_speed_settings_keep_scores_and_probe_finds_largest_batch(untrained_ddpm, tmp_path):
     from audit.attacks import LossAttack
+    from audit.groundtruth.ddpm import build_ddpm, save_ddpm
     from audit.parallel.speed import attack_batch_runner
     from audit.targets import load_target
     from tests.conftest import evidence_for
 
+    model = save_ddpm(*build_ddpm(16, channels=(16, 32), attention=True, seed=0), tmp_path / "attn_ddpm")
     ev = evidence_for(untrained_ddpm.member_paths[:4], untrained_ddpm.held_out_paths[:4])
     attacks = {"loss": LossAttack(timesteps=[100], n_noise=1)}
 
     def scores(rt):
         from audit.attacks import score_evidence
 
-        t = load_target(str(untrained_ddpm.model_dir), local_files_only=True, device="cpu")
+        t = load_target(str(model), local_files_only=True, device="cpu")
         applied = apply_speed_settings(t, rt)
         return score_evidence(t, ev, attacks, batch_size=4, seed=0, progress=False).df["score"], applied, t
 
     plain, applied, _ = scores({})
-    assert applied["attention"]["setting"] == "auto" and applied["dtype"] == "float32"
+    assert applied["attention"] == {"setting": "auto", "processors": ["AttnProcessor2_0"]}  # diffusers' SDPA
+    assert applied["dtype"] == "float32"
     fast, applied, t = scores({"channels_last": True, "attention": "eager"})
+    assert applied["attention"]["processors"] == ["AttnProcessor"]  # switched in every attention layer
     assert applied["channels_last"] and t.denoiser.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     pd.testing.assert_series_equal(plain, fast, rtol=1e-4, atol=1e-6)
 
@@ -314,3 +318,33 @@ def test_scale_run_from_config_single_mode(setup, tmp_path):
     model_dir, manifest, _ = setup
     run = ScaleRun.from_config(_compose(_overrides(model_dir, manifest, tmp_path / "s", tmp_path / "r")))
     assert run.mode == "single" and run.rank0 and not run.is_merge
+
+
+def test_dry_run_applies_speed_settings_and_probes_the_batch(setup, capsys):
+    """scripts/dry_run.py --probe-batch=N: the run's throughput settings, and the largest suite batch <= N."""
+    import importlib.util
+
+    model_dir, manifest, _ = setup
+    spec = importlib.util.spec_from_file_location("dry_run_script", ROOT / "scripts" / "dry_run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = _compose(_overrides(model_dir, manifest, Path("unused"), Path("unused")) + ["runtime.batch_size=4",
+                                                                                      "runtime.attention=eager"])
+    r = mod.dry_run(cfg, probe_limit=10)
+    assert r["speed"]["attention"]["setting"] == "eager"
+    assert r["probe"]["largest"] == 10 and r["probe"]["tried"] == {4: "ok", 8: "ok", 10: "ok"}
+    mod._print(r)
+    assert "largest batch that fits (whole suite, limit 10): 10" in capsys.readouterr().out
+
+
+def test_store_context_keeps_non_default_denoiser_settings_apart(tmp_path):
+    """Scores made with eager attention, channels_last or torch.compile differ in the last digits: never mixed."""
+    from audit.store import ScoreStore
+
+    plain = ScoreStore(tmp_path, "f" * 64, 0, "float32", "cpu")
+    eager = ScoreStore(tmp_path, "f" * 64, 0, "float32", "cpu", settings="attention=eager")
+    assert plain.folder != eager.folder and "denoiser_settings" not in plain.context  # defaults: old key kept
+    run = ScaleRun()
+    assert run.store_settings() == ""
+    run.speed = {"attention": {"setting": "eager"}, "channels_last": True, "compile": "default"}
+    assert run.store_settings() == "attention=eager,channels_last,compile=default"

@@ -316,6 +316,10 @@ class ScaleRun:
         from audit.store import StoreStats, score_with_store
 
         ids = [r.image_id for r in evidence.records]
+        if store is not None and self.store_settings():  # scores of other denoiser settings are kept apart
+            from dataclasses import replace
+
+            store = replace(store, settings=self.store_settings())
         if self.mode != "single" and store is None:
             raise ValueError("this target does not use the score store (e.g. a black-box service), so its audit "
                              "cannot be sharded: run it with runtime.shards=1")
@@ -393,7 +397,8 @@ class ScaleRun:
 
             ctx = r0["store_context"]
             store = ScoreStore(Path(store.root), ctx["target_fingerprint"], int(ctx["seed"]), ctx["dtype"],
-                               ctx["device_type"], version=ctx["package_version"], code=ctx["scoring_code"])
+                               ctx["device_type"], version=ctx["package_version"], code=ctx["scoring_code"],
+                               settings=ctx.get("denoiser_settings", ""))
         have = store.load()
         done = {(a, b, c): float(s) for a, b, c, s in zip(have["image_id"], have["attack"],
                                                           have["attack_params_hash"], have["score"])}
@@ -423,6 +428,18 @@ class ScaleRun:
             for k, v in r["store"].items():
                 setattr(s, k, getattr(s, k) + int(v))
         return s
+
+    def store_settings(self) -> str:
+        """The non-default denoiser settings as part of the score store's context (see :class:`ScoreStore`)."""
+        sp = self.speed or {}
+        parts = []
+        if (sp.get("attention") or {}).get("setting", "auto") != "auto":
+            parts.append(f"attention={sp['attention']['setting']}")
+        if sp.get("channels_last"):
+            parts.append("channels_last")
+        if sp.get("compile"):
+            parts.append(f"compile={sp['compile']}")
+        return ",".join(parts)
 
     # -- 5. what goes into run.json
     def describe_attacks(self, attacks: Mapping[str, Any]) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def apply_speed_settings(target: Any, rt: Any) -> dict[str, Any]:
     att = rt.get("attention", "auto")
     if att != "auto":
         set_attention(net, att)
-    procs = sorted({type(p).__name__ for p in getattr(net, "attn_processors", {}).values()})
+    procs = sorted({type(m.processor).__name__ for _, m in attention_modules(net)})
     applied["attention"] = {"setting": att, "processors": procs}
     if rt.get("channels_last", False):
         net.to(memory_format=torch.channels_last)
@@ -62,24 +62,28 @@ def apply_speed_settings(target: Any, rt: Any) -> dict[str, Any]:
     return applied
 
 
+def attention_modules(net: torch.nn.Module) -> list[tuple[str, Any]]:
+    """Every diffusers ``Attention`` layer of ``net`` (models without the ``attn_processors`` mixin included,
+    e.g. ``UNet2DModel``)."""
+    from diffusers.models.attention_processor import Attention
+
+    return [(name, m) for name, m in net.named_modules() if isinstance(m, Attention)]
+
+
 def set_attention(net: torch.nn.Module, kind: str) -> None:
     """Switch the classic / SDPA attention processors of a diffusers model; refuse other processor types."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    procs = getattr(net, "attn_processors", None)
-    if not procs:
-        return  # no attention layers (e.g. a small convolutional UNet)
     want = AttnProcessor2_0 if kind == "sdpa" else AttnProcessor
-    new = {}
-    for name, p in procs.items():
+    for _, m in attention_modules(net):
+        p = m.processor
         if isinstance(p, (AttnProcessor, AttnProcessor2_0)):
-            new[name] = want()
+            m.set_processor(want())
         elif kind == "sdpa" and _uses_sdpa(p):
-            new[name] = p  # family-specific processors built on scaled_dot_product_attention already
+            continue  # family-specific processors built on scaled_dot_product_attention already
         else:
             raise ValueError(f"runtime.attention={kind}: this model's attention processor {type(p).__name__} cannot "
                              "be switched; use runtime.attention=auto")
-    net.set_attn_processor(new)
 
 
 def _uses_sdpa(processor: Any) -> bool:
