@@ -34,6 +34,9 @@ def _options(group: str) -> list[str]:
 def test_every_config_file_composes_and_instantiates(group, option, memorized_ddpm, tiny_sd, tmp_path):
     if group in OTHER_PRIMARY:
         return _check_script_group(group, option, tmp_path)
+    if group == "launcher":
+        pytest.skip("launcher=local|slurm select Hydra launcher plugins (hydra.launcher); composed and run in "
+                    "tests/test_scaleout.py (local launcher jobs, SLURM dry run)")
     overrides = [f"{group}={option}", f"paths.cache_dir={tmp_path}"]
     if group == "attack":
         overrides[0] = f"attack=[{option}]"
