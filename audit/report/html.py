@@ -304,10 +304,15 @@ def _reconstruction(run_folder: str | Path | None) -> dict[str, Any] | None:
         from audit.reconstruction.report import reconstruction_context
     except ImportError:  # pragma: no cover - optional part of the package
         return None
+    return _optional_section("reconstruction section", reconstruction_context, run_folder)
+
+
+def _optional_section(what: str, build: Any, *args: Any, **kwargs: Any) -> Any:
+    """``build(*args, **kwargs)``, or None with a warning: a broken optional section must not cost the report."""
     try:
-        return reconstruction_context(run_folder)
-    except Exception as e:  # a broken optional section must not cost the report
-        log.warning("reconstruction section left out: %s: %s", type(e).__name__, e)
+        return build(*args, **kwargs)
+    except Exception as e:
+        log.warning("%s left out: %s: %s", what, type(e).__name__, e)
         return None
 
 
@@ -315,13 +320,9 @@ def _blackbox(run_folder: str | Path | None) -> dict[str, Any] | None:
     """The queries-to-the-service section (issue 15's partial), when the run audited a hosted generator."""
     if run_folder is None:
         return None
-    try:
-        from audit.blackbox.report import blackbox_context
+    from audit.blackbox.report import blackbox_context
 
-        return blackbox_context(run_folder)
-    except Exception as e:  # a broken optional section must not cost the report
-        log.warning("black-box section left out: %s: %s", type(e).__name__, e)
-        return None
+    return _optional_section("black-box section", blackbox_context, run_folder)
 
 
 def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
@@ -398,11 +399,8 @@ def _thumbnails(result: AuditResult, images: pd.DataFrame | None, features: pd.D
     from audit.report.thumbnails import thumbnail_panel
 
     limit = (cfg.get("report") or {}).get("thumbnails", 24)
-    try:
-        return thumbnail_panel(result, images, features, limit=int(limit if limit is not None else 0))
-    except Exception as e:  # an optional figure must not cost the report
-        log.warning("thumbnail panel left out: %s: %s", type(e).__name__, e)
-        return None
+    return _optional_section("thumbnail panel", thumbnail_panel, result, images, features,
+                             limit=int(limit if limit is not None else 0))
 
 
 # ---------------------------------------------------------------------------------------------- writers
