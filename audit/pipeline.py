@@ -173,12 +173,20 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     store = None
     if store_root:
         store = ScoreStore(Path(str(store_root)), target.fingerprint, int(cfg.seed),
-                           str(target.dtype).replace("torch.", ""), torch.device(target.device).type)
+                           str(target.dtype).replace("torch.", ""), torch.device(target.device).type,
+                           plan_sha256=str(plan_record.get("sha256", "")), run=out.name)
     scores, store_stats = scale.score(target, evidence, attacks, store, batch_size=int(rt.batch_size),
                                       seed=int(cfg.seed), progress=progress)
     timings["scoring_s"] = time.time() - t0
     if scores is None:  # one shard of a sharded run: its scores are in the store, the merge writes the results
         return out
+    provenance = _score_provenance(scores, store_stats, store, plan_record, out.name)
+    if provenance["integrity_failed"]:
+        first = provenance["integrity_failures"][0]
+        log.warning("score store: %d stored score(s) failed their integrity check and were recomputed, not reused "
+                    "(first: image %s, attack %s, %s: %s); listed in run.json score_provenance",
+                    provenance["integrity_failed"], first["image_id"][:12] or "-", first["attack"] or "-",
+                    first["file"], first["reason"])
 
     described = scale.describe_attacks(attacks)
     # reference models (calibrated attacks) count their own evaluations; one entry per distinct model
@@ -199,6 +207,8 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         "unet_evaluations_unshared": len(evidence) * sum(a.evaluations_per_image() for a in attacks.values()),
         # scores taken from the score store (a resumed or extended run) were not recomputed
         "score_store": {"folder": str(store.folder) if store else None, **store_stats.to_dict()},
+        # per attack: computed now vs reused, when and under which plan and run each was computed (audit.store)
+        "score_provenance": provenance,
         "n_images": len(evidence),
         "n_rejected": len(evidence.rejected),
         "scenario": scenario_record,
@@ -207,6 +217,8 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     scale.annotate(metadata)  # shards, their evaluations and the throughput settings
     if hasattr(target, "run_summary"):  # a black-box service: requests sent, answered from the log, budget
         metadata["blackbox"] = target.run_summary()
+    if hasattr(target, "finish_run"):  # collected outputs (audit.outputs): matches and exhibits, before the seal
+        metadata["outputs"] = target.finish_run(out, scores)
     if cfg.get("reconstruction") and cfg.reconstruction.get("enabled", False):
         # reconstruction tests (issue 4): recon_* rows join the ScoreTable, figures + seeds go to <out>/reconstruction
         from audit.reconstruction import run_reconstruction
@@ -232,6 +244,32 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     report = analyze_and_report(run, plan, cfg.report, out, timings=timings, t_start=t_start)
     verify.seal(out)  # the SHA-256 manifest and the completion marker, written last
     return report
+
+
+def _score_provenance(scores: Any, stats: Any, store: ScoreStore | None, plan_record: dict[str, Any],
+                      run: str) -> dict[str, Any]:
+    """run.json's ``score_provenance`` (shape: :func:`audit.store.provenance_summary`). A merge of shards reads
+    the provenance from the store: scores computed after the shards declared the plan count as this run's."""
+    import pandas as pd
+
+    from audit.store import provenance_summary
+
+    plan_sha = str(plan_record.get("sha256", ""))
+    prov = getattr(stats, "provenance", None)
+    if prov is not None and store is not None:
+        return prov
+    if prov is not None:  # no store: every score was computed now
+        return {**prov, "run": run, "plan_sha256": plan_sha}
+    have = store.load() if store is not None else None
+    if have is None or have.empty:
+        rows = pd.DataFrame({"attack": scores.df["attack"], "computed_here": True, "computed_at": "",
+                             "plan_sha256": plan_sha, "run": run})
+    else:
+        rows = scores.df[["image_id", "attack", "attack_params_hash"]].merge(
+            have, on=["image_id", "attack", "attack_params_hash"], how="left")
+        since = str(plan_record.get("declared_utc", ""))
+        rows["computed_here"] = (rows["plan_sha256"] == plan_sha) & (rows["computed_at"].astype(str) >= since)
+    return provenance_summary(rows, list(getattr(store, "failures", []) or []), run=run, plan_sha256=plan_sha)
 
 
 def complete_plan(cfg: DictConfig, plan: Any, attacks: dict[str, Attack], evidence: EvidenceSet, target: Any = None
