@@ -73,6 +73,12 @@ def fit_default_attacks(attacks: dict[str, Any], target: Any) -> tuple[dict[str,
             kept[name] = attack
         except AttackSetupError as e:
             dropped.append(f"{name} ({str(e).rstrip('.')})")
+    if not kept and getattr(target, "access", None) == "outputs":  # collected outputs, no model (audit.outputs)
+        from audit.outputs.statistics import OUTPUT_DEFAULTS
+
+        return black_box_defaults(OUTPUT_DEFAULTS), ("Default statistics fitted to collected outputs: "
+                                                     + ", ".join(OUTPUT_DEFAULTS) + " (no model); "
+                                                     + OUTPUT_DEFAULTS[0] + " is the primary statistic.")
     if not kept and getattr(target, "access", None) == "black":
         return black_box_defaults(), ("Default attacks fitted to a black-box service: " + ", ".join(BLACK_BOX_DEFAULTS)
                                       + " (the model's own attacks need its weights); " + ", ".join(BLACK_BOX_DEFAULTS[:1])
@@ -87,14 +93,15 @@ def fit_default_attacks(attacks: dict[str, Any], target: Any) -> tuple[dict[str,
 BLACK_BOX_DEFAULTS = ("bb_variation", "bb_img2img")
 
 
-def black_box_defaults() -> dict[str, Any]:
+def black_box_defaults(names: tuple[str, ...] = BLACK_BOX_DEFAULTS) -> dict[str, Any]:
+    """The attacks ``names`` as configured in ``configs/attack/<name>.yaml``."""
     from pathlib import Path
 
     from audit.cli import CONFIG_DIR
 
     folder = Path(CONFIG_DIR) / "attack"
     out = {}
-    for name in BLACK_BOX_DEFAULTS:
+    for name in names:
         spec = OmegaConf.load(folder / f"{name}.yaml")[name]
         out[name] = instantiate(spec, _convert_="all")
     return out

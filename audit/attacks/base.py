@@ -119,6 +119,12 @@ class Attack(abc.ABC):
 
     def check_support(self, target: Target) -> None:
         """Refuse, in one line, a target whose process or family the attack does not support."""
+        if (getattr(target, "access", None) == "outputs") != (getattr(self, "access", None) == "outputs"):
+            # collected outputs (audit.outputs) have no model; the matching statistics need collected outputs
+            raise AttackSetupError(f"{self.name} needs the model ({self.access}-box access); the outputs target has "
+                                   "only collected outputs (use out_sift, out_orb, out_phash, out_ssim, out_tiled_l2, "
+                                   "out_style, out_embed)" if getattr(target, "access", None) == "outputs" else
+                                   f"{self.name} compares works with collected outputs; use target=outputs")
         if getattr(target, "access", None) == "black" and not getattr(self, "service_operations", ()):
             # a hosted service (audit.blackbox): only attacks made of its operations can run
             raise AttackSetupError(f"{self.name} needs the model itself ({self.access}-box access); the "

@@ -416,10 +416,10 @@ def load_evidence(
     # file listed under two roles can be rejected in *all* its listings, including the first.
     hashes: list[str | None] = []
     for e in tqdm(entries, desc="hashing evidence", unit="file", disable=not progress):
-        try:
+        try:  # regular files only: a FIFO or /dev/zero is refused before a byte is read (no hang)
             hashes.append(sha256_file(e["path"]))
-        except OSError:
-            hashes.append(None)  # missing/unreadable: validate_and_load gives the precise reason
+        except (OSError, ImageRejected):
+            hashes.append(None)  # missing/unreadable/not a file: validate_and_load gives the precise reason
     dup_reasons = _duplicate_reasons(entries, hashes)
 
     # Pass 2: decode. Pixels go straight into a preallocated uint8 buffer (no list + stack, which
@@ -434,7 +434,9 @@ def load_evidence(
             rejected.append(Rejection(path, role, dup_reasons[i], sha))
             continue
         try:
-            arr, info = validate_and_load(path, resolution, max_pixels=max_pixels)
+            # the bytes decoded are the bytes hashed: a file swapped since pass 1 is rejected, never scored
+            # under its old hash
+            arr, info = validate_and_load(path, resolution, max_pixels=max_pixels, expected_sha256=sha)
             if sha is None:  # readable now but not a moment ago: the file is changing under us
                 raise ImageRejected("file could not be hashed (changed or unreadable while loading)")
         except ImageRejected as err:
