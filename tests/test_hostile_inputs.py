@@ -79,3 +79,60 @@ def test_store_key_lives_outside_the_store_and_is_private(tmp_path):
     key = store_key(tmp_path / "k" / "store.key")
     assert len(key) == 32 and store_key(tmp_path / "k" / "store.key") == key
     assert oct((tmp_path / "k" / "store.key").stat().st_mode & 0o777) == "0o600"
+
+
+# ------------------------------------------------------------------------ 2. the bytes scored are the bytes hashed
+def test_file_swapped_between_hashing_and_decoding_is_rejected(artworks, tmp_path, monkeypatch):
+    import shutil
+
+    import audit.data.manifest as manifest_mod
+    from audit.data import load_evidence
+    from audit.data.images import sha256_file as real_sha
+
+    members, held_out = artworks
+    files = []
+    for i, src in enumerate(members[:3]):
+        dst = tmp_path / f"w{i}.png"
+        shutil.copyfile(src, dst)
+        files.append(dst)
+    entries = [{"path": str(p), "role": "suspect"} for p in files]
+    original = real_sha(files[1])
+    calls = {"n": 0}
+
+    def hash_then_swap(path):
+        h = real_sha(path)
+        calls["n"] += 1
+        if calls["n"] == len(files):  # after the last file was hashed, before any decoding: swap file 1
+            shutil.copyfile(held_out[0], files[1])
+        return h
+
+    monkeypatch.setattr(manifest_mod, "sha256_file", hash_then_swap)
+    ev = load_evidence(entries, 16, progress=False)
+    assert original not in [r.image_id for r in ev.records]  # never scored under its old hash
+    (rej,) = [r for r in ev.rejected if r.path == str(files[1])]
+    assert "changed between hashing and decoding" in rej.reason
+
+
+# ------------------------------------------------------------------------ 6. no hang on a FIFO or a device
+def _finishes(fn, seconds: float = 30.0):
+    import threading
+
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("v", fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "hung"
+    return box["v"]
+
+
+def test_fifo_and_dev_zero_in_a_manifest_are_rejected_without_hanging(artworks, tmp_path):
+    from audit.data import load_evidence
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    entries = [{"path": str(artworks[0][0]), "role": "suspect"}, {"path": str(fifo), "role": "suspect"},
+               {"path": "/dev/zero", "role": "control"}, {"path": str(artworks[1][0]), "role": "control"}]
+    ev = _finishes(lambda: load_evidence(entries, 16, progress=False))
+    assert len(ev.records) == 2
+    reasons = {r.path: r.reason for r in ev.rejected}
+    assert "not a regular file" in reasons[str(fifo)] and "not a regular file" in reasons["/dev/zero"]

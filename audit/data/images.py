@@ -9,6 +9,7 @@ silently dropped or "repaired".
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import threading
@@ -24,6 +25,7 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "ImageRejected",
     "preprocess_pil",
+    "read_regular_file",
     "sha256_file",
     "validate_and_load",
 ]
@@ -58,13 +60,43 @@ class ImageRejected(ValueError):
         self.reason = reason
 
 
+def _open_regular(path: str | os.PathLike[str]):
+    """Open ``path`` for reading without blocking and refuse anything but a regular file *before* reading a
+    byte: a FIFO would block forever on open, ``/dev/zero`` would never end. The check is on the opened file
+    descriptor (``fstat``), so the file cannot be swapped for a device between the check and the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ImageRejected("file not found") from None
+    except IsADirectoryError:
+        raise ImageRejected("not a regular file (a directory)") from None
+    except PermissionError:
+        raise ImageRejected("cannot read file: permission denied") from None
+    except OSError as e:
+        raise ImageRejected(f"cannot access file: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "device, socket or pipe"
+        raise ImageRejected(f"not a regular file ({kind})")
+    return os.fdopen(fd, "rb")
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks so large files never sit in memory at once."""
+    """Hex SHA-256 of a regular file's bytes, read in chunks so large files never sit in memory at once.
+    Raises :class:`ImageRejected` (an ``OSError``-free one-line reason) for anything but a regular file."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_regular_file(path: str | os.PathLike[str]) -> tuple[bytes, str]:
+    """``(bytes, SHA-256)`` of a regular file, read once: the bytes that are hashed are the bytes decoded."""
+    with _open_regular(path) as f:
+        data = f.read()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _mpx(n: int) -> str:
@@ -95,7 +127,7 @@ def _check_file(path: Path) -> int:
     return int(st.st_size)
 
 
-def _open_header(path: Path) -> Image.Image:
+def _open_header(path: Path | io.BytesIO) -> Image.Image:
     """Open lazily (header only) without PIL's global bomb check pre-empting our own size check.
 
     PIL raises ``DecompressionBombError`` inside ``Image.open`` for images above twice its limit,
@@ -168,8 +200,13 @@ def validate_and_load(
     path: str | os.PathLike[str],
     resolution: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    expected_sha256: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Validate an image file and return it preprocessed to ``resolution × resolution`` RGB.
+
+    The file is read once; its bytes are hashed (``info["sha256"]``) and decoded from memory, so the pixels
+    scored are always those of the bytes hashed. ``expected_sha256``: the hash recorded earlier (e.g. when
+    duplicates were found); a file whose bytes changed since is rejected.
 
     Args:
         path: image file.
@@ -193,9 +230,15 @@ def validate_and_load(
     resolution = int(resolution)
     p = Path(path)
     _check_file(p)
+    data, sha = read_regular_file(p)
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise ImageRejected(f"file changed between hashing and decoding (SHA-256 {expected_sha256[:12]}… when "
+                            f"listed, {sha[:12]}… when read): the evidence is changing under the audit")
 
     try:
-        img = _open_header(p)
+        img = _open_header(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("not an image file: cannot identify image data") from None
     except Exception as e:  # truncated/malformed header; a plugin can raise almost anything here
@@ -214,6 +257,7 @@ def validate_and_load(
                 "(possible decompression bomb)"
             )
         info: dict[str, Any] = {
+            "sha256": sha,
             "width": int(w),
             "height": int(h),
             "format": "JPEG" if fmt == "MPO" else fmt,
