@@ -101,12 +101,38 @@ def chance_words(p: float | None) -> str:
     return f"about 1 in {chance_number(p):,}"
 
 
+def _bound(result: AuditResult) -> tuple[Any, int | None, int | None]:
+    """(per-work attack result, k of "at least k", works named by the same closed-testing procedure or None when
+    the analysis does not record them)."""
+    a = _per_artwork_attack(result)
+    if a is None or a.members_lower_bound is None:
+        return a, None, None
+    named = _closed_named(result, a.attack)
+    return a, int(a.members_lower_bound), named
+
+
+def _closed_named(result: AuditResult, attack: str) -> int | None:
+    """``n_flagged_closed`` of the attack in analysis.json (closed-testing per-work claims), when recorded."""
+    for ad in (result.to_dict().get("attacks") or []):
+        if ad.get("attack") == attack:
+            v = ad.get("n_flagged_closed")
+            if v is None and any("p_closed" in w for w in ad.get("artworks") or []):
+                v = sum(1 for w in ad["artworks"] if w.get("p_closed") is not None
+                        and w["p_closed"] <= result.plan.alpha)
+            return None if v is None else int(v)
+    return None
+
+
 def plain_headline(result: AuditResult) -> str:
-    """One sentence without statistics vocabulary or double negatives."""
+    """One sentence without statistics vocabulary or double negatives, its claim no larger than the numbers'."""
     d = result.verdict.decision
+    if d == "reject_h0":
+        a, k, _ = _bound(result)
+        who = (f"at least {k} of the {a.n_bound} suspect works were" if k else "some of the suspect works were")
+        return ("The model fits the suspect works more closely than comparable works known not to be in its "
+                f"training data. If those comparison works are a fair comparison, this indicates that {who} used to "
+                "train it.")
     return {
-        "reject_h0": "The model treats the suspect works the way it treats its training data: the evidence indicates "
-                     "that some or all of them were used to train it.",
         "fail_to_reject": "This audit found no evidence that the suspect works were used to train the model. That "
                           "does not show that they were not used.",
         "reject_lower": "The suspect works differ from the comparison works in a way that does not point to training; "
@@ -116,21 +142,39 @@ def plain_headline(result: AuditResult) -> str:
     }.get(d, "No test could be run on these works.")
 
 
-def plain_summary(result: AuditResult) -> list[str]:
-    """The verdict in plain language, for a reader without statistics (a few short paragraphs)."""
+def _basis_phrase(facts: dict[str, Any]) -> str:
+    """Why the controls are said to be outside the training data, as the records state it."""
+    b = facts.get("basis") or {}
+    rows = [r for r in b.get("rows") or [] if r["role"] == b.get("control_role", "control") and r["total"]]
+    if not rows or not rows[0]["bases"]:
+        return (" The records do not state why the controls are known not to be in the training data (no basis in "
+                "the manifest or the case file): that is for whoever chose them to establish.")
+    bases = ", ".join(f"{x['value']} ({x['n']:,})" for x in rows[0]["bases"])
+    return (f" The stated basis of the controls is: {bases} (see \"Basis of the comparison\"); the audit takes it as "
+            "given.")
+
+
+def plain_summary(result: AuditResult, facts: dict[str, Any] | None = None) -> list[str]:
+    """The verdict in plain language, for a reader without statistics (a few short paragraphs). ``facts``: what
+    the report derived from the records (basis of the comparison, procedure record, decision-level error rates)."""
+    facts = facts or {}
     v, plan = result.verdict, result.plan
     t = result.primary_test
     out: list[str] = []
     n_s = t.n_suspect if t else 0
     n_c = t.n_control if t else 0
+    assumption = ("This rests on one assumption: that a suspect work the model was not trained on is, for the model, "
+                  "no different from the controls (exchangeable with them) — works of the same kind, chosen without "
+                  "regard to any score." + _basis_phrase(facts))
     if v.decision == "reject_h0":
         out.append(
-            f"The model treats the {n_s} suspect works more like its training data than {n_c} comparable works "
-            f"known not to be in its training data, by more than chance would explain at the level fixed in "
-            f"advance (α = {plan.alpha:g}, p = {format_p(v.p_value, plan.alpha)}: a difference this large would arise "
-            f"by chance {chance_words(v.p_value)} times if none of them had been used). The data are inconsistent with "
-            "no suspect work being in the training data. This concerns the suspect set as a whole: it does not "
-            "say which works were used, and it is statistical evidence, not proof."
+            f"The model fits the {n_s} suspect works more closely than {n_c} comparable works known not to be in its "
+            f"training data (the controls), by more than chance would explain at the level fixed in advance "
+            f"(α = {plan.alpha:g}, p = {format_p(v.p_value, plan.alpha)}: a difference this large would arise by "
+            f"chance {chance_words(v.p_value)} times if none of them had been used). {assumption} If it holds, the "
+            "data are inconsistent with no suspect work being in the training data. That p-value is the audit's one "
+            "headline result (every other p-value in the report is labelled per-work or exploratory); it is "
+            "statistical evidence, not proof."
         )
         if t is not None and t.n_resamples and v.p_value is not None and v.p_value <= 1.0 / (t.n_resamples + 1) + 1e-12:
             out.append(
@@ -166,26 +210,147 @@ def plain_summary(result: AuditResult) -> list[str]:
                        "(same artist or style, period, size, format and source) and run the audit again.")
     else:
         out.append(v.sentence)
-    a = _per_artwork_attack(result)
-    if v.decision in ("reject_h0", "fail_to_reject") and a is not None and a.members_lower_bound is not None:
-        conf = (1.0 - plan.alpha) * 100
-        txt = (f"How many? With {conf:g}% confidence, at least {a.members_lower_bound} of the {a.n_bound} suspect "
-               f"works were in the training data (closed testing on the per-work p-values of attack '{a.attack}'; "
-               "this lower bound holds simultaneously for any subset of the works a reader picks).")
-        if a.storey is not None:
-            st = a.storey
-            txt += (f" As an exploratory point estimate, Storey's method puts the number at about {st.n_members:.1f} "
-                    f"({plan.ci_level * 100:g}% bootstrap interval {st.lo:.1f}–{st.hi:.1f}).")
-        txt += (f" {a.n_flagged_holm} work(s) can be named individually at α = {plan.alpha:g} after correcting for "
-                f"testing {a.n_bound} works (Holm).")
-        if a.members_lower_bound > a.n_flagged_holm:
-            txt += (" The count is larger than the number of named works because it is a statement about the group: "
-                    "it can say that many works were used without being able to say which ones.")
-        out.append(txt)
+    if v.decision in ("reject_h0", "fail_to_reject"):
+        how_many = _how_many(result)
+        if how_many:
+            out.append(how_many)
+        sens = _sensitivity_sentence(result)
+        if sens:
+            out.append(sens)
+    out.extend(wrong_way_warnings(result))
+    rates = _decision_rates_sentence(result)
+    if rates:
+        out.append(rates)
     if not v.confirmatory:
         out.append("This report was regenerated with an analysis plan that differs from the one recorded before "
                    "the scores were computed; its verdict is exploratory.")
     return out
+
+
+def _stratum_counts(result: AuditResult) -> tuple[str, int, int] | None:
+    """(stratum column, fewest, most controls per stratum that has suspects) of a stratified plan."""
+    comp = result.composition or {}
+    if not (result.plan.strata and comp.get("rows")):
+        return None
+    role = result.plan.control_role
+    counts = [int(r.get(role, 0)) for r in comp["rows"] if int(r.get("suspect", 0)) > 0]
+    return (str(comp.get("column")), min(counts), max(counts)) if counts else None
+
+
+def _how_many(result: AuditResult) -> str | None:
+    """The count of trained works and the per-work claims, both from the one closed-testing procedure."""
+    plan = result.plan
+    a, k, named = _bound(result)
+    if a is None or k is None:
+        return None
+    conf = (1.0 - plan.alpha) * 100
+    per = _stratum_counts(result)
+    if per is not None:
+        col, lo, hi = per
+        against = (f"Each suspect is compared only with the controls of its own {col} "
+                   + (f"({lo:,} per {col})" if lo == hi else f"({lo:,} to {hi:,} per {col})")
+                   + f"; a claim about one work at α = {plan.alpha:g} after correcting for the others needs at least "
+                   f"{a.min_controls_per_artwork:,} controls in its own {col}.")
+    else:
+        against = (f"Each work is compared with all {a.n_control:,} controls; a claim about one work at α = "
+                   f"{plan.alpha:g} after correcting for the others needs at least {a.min_controls_per_artwork:,}.")
+    if k == 0:
+        return (f"How many? The per-work analysis (closed testing on the per-work p-values of attack '{a.attack}') "
+                f"does not establish, at {conf:g}% confidence, that any particular number of the {a.n_bound} suspect "
+                f"works were in the training data. {against}")
+    txt = (f"How many? With {conf:g}% confidence, at least {k} of the {a.n_bound} suspect works were in the training "
+           f"data (closed testing on the per-work p-values of attack '{a.attack}'; the bound holds simultaneously for "
+           "any subset of the works a reader picks).")
+    if named is not None:
+        if named >= k:
+            txt += (f" The same procedure names {named} of them individually; they are marked in the per-work "
+                    "table.")
+        elif named > 0:
+            txt += (f" The same procedure names {named} of them individually; for the rest of the count it cannot "
+                    "say which works they are.")
+        else:
+            txt += " The count is about the group: the same procedure cannot say which of the works they are."
+    elif k == a.n_bound:
+        txt += " As the bound covers every suspect work, it is a statement about each of them."
+    else:
+        txt += " The count is about the group: it does not say which of the works they are."
+    return txt + " " + against
+
+
+def _sensitivity_sentence(result: AuditResult) -> str | None:
+    """Said when the conclusion hinges on one or two works, or fails in a variant an opposing expert could choose."""
+    plan, v = result.plan, result.verdict
+    a, k, _ = _bound(result)
+    parts = []
+    n_s = result.primary_test.n_suspect if result.primary_test else 0
+    if v.decision == "reject_h0" and 0 < n_s <= 2:
+        parts.append(f"the conclusion rests on {n_s} suspect work{'s' if n_s > 1 else ''} only")
+    if k in (1, 2) and a is not None and a.n_bound > k:
+        parts.append(f"the count rests on {k} work{'s' if k > 1 else ''}: if {'it' if k == 1 else 'they'} proved not "
+                     "comparable with the controls, it could fall to zero")
+    if v.decision == "reject_h0":
+        flips = [s for s in (result.sensitivity or [])[1:] if s.get("p_value") is not None
+                 and s["p_value"] > plan.alpha]
+        if flips:
+            shown = "; ".join(f"{s['variant']} ({s['attack']}): p = {format_p(s['p_value'], plan.alpha)}"
+                              for s in flips[:3])
+            parts.append(f"{len(flips)} of the exploratory variants in the sensitivity table do not reach α "
+                         f"({shown})")
+    if not parts:
+        return None
+    return "Sensitivity: " + "; ".join(parts) + "."
+
+
+def wrong_way_warnings(result: AuditResult) -> list[str]:
+    """A warning for every planned feature (or the primary attack) that is worse than chance on the known members."""
+    plan = result.plan
+    planned = list(plan.features) if plan.features else [result.primary_attack]
+    weights = dict(zip(result.crossfit.features, result.crossfit.coef)) if result.crossfit else {}
+    out = []
+    for a in result.attacks:
+        auc = a.auc_member_nonmember
+        if a.attack not in planned or auc is None or auc.auc is None or auc.auc >= 0.5:
+            continue
+        txt = (f"Warning: on this model the planned feature '{a.attack}' scores the {a.n_member} known training works "
+               f"lower than the {a.n_nonmember} known non-training works (AUC {auc.auc:.3f}, "
+               f"{auc.level * 100:g}% interval {auc.lo:.3f}–{auc.hi:.3f}; below 0.5 is worse than chance): it does not "
+               "measure membership here.")
+        if a.attack in weights:
+            txt += (f" The cross-fitted combination gave it weight {weights[a.attack]:.3f} (weights cannot be "
+                    "negative, so it can add noise but not reverse the evidence).")
+        out.append(txt)
+    return out
+
+
+def _decision_rates_sentence(result: AuditResult) -> str | None:
+    """The measured error rates of the whole decision on this model (analysis.json ``decision_rates``)."""
+    if result.verdict.decision not in ("reject_h0", "fail_to_reject", "withheld"):
+        return None
+    dr = result.to_dict().get("decision_rates")
+    if not dr:
+        return ("How often is this procedure wrong on this model? The false-positive rate of the whole decision "
+                "(test and validity gates together) was not measured on this model in this report; the validity "
+                "gates give the checks that were run (section 1).")
+    fpr, power = dr.get("fpr"), dr.get("power")
+    where = dr.get("measured_on") or "this model"
+    bits = []
+    if fpr:
+        bits.append(f"the whole decision (test and validity gates together) concluded wrongly that suspect works were "
+                    f"trained on in {fpr['k']:,} of {fpr['n']:,} trials in which none was ({fpr['rate'] * 100:.1f}%, "
+                    f"{result.plan.ci_level * 100:g}% interval {fpr['lo'] * 100:.1f}–{fpr['hi'] * 100:.1f}%; "
+                    f"{fpr.get('source') or 'source not recorded'})")
+    else:
+        bits.append("the false-positive rate of the whole decision could not be measured")
+    if power:
+        bits.append(f"it detected known training works in {power['k']:,} of {power['n']:,} trials "
+                    f"({power['rate'] * 100:.1f}%, interval {power['lo'] * 100:.1f}–{power['hi'] * 100:.1f}%; "
+                    f"{power.get('source') or 'source not recorded'})")
+    else:
+        bits.append("its power could not be measured")
+    txt = f"How often is this procedure wrong? Measured on {where}, " + "; ".join(bits) + "."
+    if dr.get("note"):
+        txt += f" {dr['note']}"
+    return txt
 
 
 def limitations(result: AuditResult) -> list[str]:
@@ -325,6 +490,22 @@ def _blackbox(run_folder: str | Path | None) -> dict[str, Any] | None:
     return _optional_section("black-box section", blackbox_context, run_folder)
 
 
+def _outputs(run_folder: str | Path | None) -> dict[str, Any] | None:
+    """The collected-outputs section (issue 24's partial), when the run audited collected outputs."""
+    if run_folder is None:
+        return None
+    from audit.outputs.report import outputs_context
+
+    return _optional_section("collected-outputs section", outputs_context, run_folder)
+
+
+def _training_metadata(target: dict[str, Any]) -> dict[str, Any] | None:
+    """How the model was conditioned and what its files say about their training (issue 23's partial)."""
+    from audit.targets.metadata import exhibit_context
+
+    return _optional_section("training-metadata section", exhibit_context, target)
+
+
 def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
              metadata: dict[str, Any], features: pd.DataFrame | None, pdf_note: str | None,
              run_folder: str | Path | None = None) -> dict[str, Any]:
@@ -387,7 +568,8 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
         model=model, feature_rows=feature_rows, seeds=seeds, versions=versions,
         plan_record=meta.get("analysis_plan"), scenario=meta.get("scenario"), pdf_note=pdf_note,
         gate_status={g.name: g.status for g in result.gates},
-        reconstruction=_reconstruction(run_folder), blackbox=_blackbox(run_folder), path_root=path_root,
+        training_metadata=_training_metadata(meta.get("target") or {}),
+        reconstruction=_reconstruction(run_folder), blackbox=_blackbox(run_folder), outputs=_outputs(run_folder), path_root=path_root,
         glossary=GLOSSARY, bibliography=BIBLIOGRAPHY, declaration=DECLARATION, expert=expert_from_config(cfg),
         provenance=report_provenance(meta), exhibit=meta.get("inventory_exhibit"),
         thumbnails=_thumbnails(result, images, features, cfg),
