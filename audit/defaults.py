@@ -4,7 +4,8 @@ A target given as base model + LoRA is a fine-tune: its members differ from othe
 mostly in what the LoRA changed, so the measured default is reference calibration against the base
 (docs/methodology.md §2: on a held-out LoRA audit the plain loss answered p = 0.77 for 30 trained works, the
 base-calibrated loss p = 8e-10). :func:`add_lora_calibration` adds that attack and makes it the primary
-statistic unless the user chose one; ``calibrate_lora=false`` switches it off.
+statistic unless the user chose one; ``calibrate_lora=false`` switches it off. A full fine-tune (every weight
+changed, no LoRA) whose public base is named with ``target.base`` is audited the same way, against that base.
 """
 from __future__ import annotations
 
@@ -14,41 +15,50 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["add_lora_calibration", "choose_default_primary", "fit_default_attacks", "CALIBRATED_NAME", "DEFAULT_ATTACKS"]
+__all__ = ["add_lora_calibration", "choose_default_primary", "conditioning_decision", "fit_default_attacks",
+           "CALIBRATED_NAME", "DEFAULT_ATTACKS"]
 
 CALIBRATED_NAME = "loss_calibrated"
 # the attack list of configs/audit.yaml: a run that did not choose its attacks gets this list, fitted to the target
 DEFAULT_ATTACKS = ("loss", "pia", "pian")
 # load_target keywords that describe the LoRA, not the base model
-_LORA_KEYS = ("_target_", "lora", "lora_scale", "lora_strict")
+_LORA_KEYS = ("_target_", "lora", "lora_scale", "lora_strict", "base")
 
 
 def add_lora_calibration(cfg: DictConfig, attacks: dict[str, Any], plan: Any) -> tuple[dict[str, Any], Any, str]:
-    """When ``cfg.target`` has a LoRA and ``cfg.calibrate_lora`` (default true): add ``loss_calibrated`` (the
-    configured ``loss`` attack, or its defaults, minus the same attack on the base model = the target's
-    source without the LoRA) and, when the plan names no primary statistic, make it the primary one.
+    """When ``cfg.target`` has a LoRA or names its base (``target.base``: a full fine-tune of a public model) and
+    ``cfg.calibrate_lora`` (default true): add ``loss_calibrated`` (the configured ``loss`` attack, or its defaults,
+    minus the same attack on the base model = ``target.base``, else the target's source without the LoRA) and,
+    when the plan names no primary statistic, make it the primary one.
     Returns the attacks, the plan and a sentence saying what was decided."""
     from audit.attacks.calibrated import Calibrated
 
     target = cfg.get("target")
-    if target is None or not target.get("lora"):
+    base_model = target.get("base") if target is not None else None
+    base_model = None if base_model in (None, "", "???") else base_model
+    if target is None or not (target.get("lora") or base_model):
         return attacks, plan, ""
+    what = "LoRA target" if target.get("lora") else f"Fine-tune of base {base_model!r} (target.base)"
     if not cfg.get("calibrate_lora", True):
-        return attacks, plan, "LoRA target without base calibration (calibrate_lora=false)."
+        return attacks, plan, f"{what} without base calibration (calibrate_lora=false)."
     if any(isinstance(a, Calibrated) for a in attacks.values()):
-        return attacks, plan, "LoRA target: a calibrated attack is configured already; no default one added."
+        return attacks, plan, f"{what}: a calibrated attack is configured already; no default one added."
     if CALIBRATED_NAME in attacks:
-        return attacks, plan, f"LoRA target: an attack named {CALIBRATED_NAME!r} exists; no default one added."
+        return attacks, plan, f"{what}: an attack named {CALIBRATED_NAME!r} exists; no default one added."
     tcfg = OmegaConf.to_container(target, resolve=True)
     reference = {k: v for k, v in tcfg.items() if k not in _LORA_KEYS}
+    if base_model:  # the named base, not the fine-tune's own source
+        reference["source"] = str(base_model)
+        if not str(base_model).endswith((".safetensors", ".ckpt")):
+            reference["config"] = None
     spec = cfg.get("attack") or {}
     base = OmegaConf.to_container(spec["loss"], resolve=True) if "loss" in spec else {"_target_":
                                                                                         "audit.attacks.LossAttack"}
     cal = instantiate({"_target_": "audit.attacks.calibrated.Calibrated", "_recursive_": False, "attack": base,
                        "reference": reference}, _convert_="all")
     attacks = {CALIBRATED_NAME: cal, **attacks}
-    why = (f"LoRA target: added {CALIBRATED_NAME!r} = loss(target) − loss(base model {reference.get('source')!r} "
-           "without the LoRA)")
+    why = (f"{what}: added {CALIBRATED_NAME!r} = loss(target) − loss(base model {reference.get('source')!r}"
+           + (" without the LoRA)" if not base_model else ")"))
     if plan.primary_attack is None and not plan.features:
         plan = replace(plan, primary_attack=CALIBRATED_NAME)
         why += " as the primary statistic (calibrate_lora=true, the default; no stats.primary_attack was set)."
@@ -123,11 +133,21 @@ def choose_default_primary(cfg: DictConfig, plan: Any, attacks: dict[str, Any], 
     A LoRA target keeps ``loss_calibrated`` alone (set by :func:`add_lora_calibration`): adding the uncalibrated
     attacks to it helped on the SD-layout LoRA benchmark but diluted the only useful signal on the flow LoRA
     (power 0.18 vs 0.42 with 30 suspects), and on a held-out LoRA audit the calibrated loss alone gave p = 8e-10.
-    A run with its own attack list keeps its first attack. With fewer than 2 suspects no cross-fit is possible
-    and the first attack stays primary."""
+    A run with its own attack list keeps its first attack, unless the list holds a reference-calibrated attack
+    (the README's explicit fine-tune examples, ``'attack=[loss,loss_calibrated]'
+    attack.loss_calibrated.reference.source=…``): then the first calibrated attack is primary, for the reason a
+    LoRA target's default is (the calibrated score is the fine-tune's signal; the plain loss was useless there).
+    With fewer than 2 suspects no cross-fit is possible and the first attack stays primary."""
+    from audit.attacks.calibrated import Calibrated
+
     stats_cfg = cfg.get("stats") or {}
     if stats_cfg.get("primary_attack") is not None or stats_cfg.get("features") or plan.features:
         return plan, ""  # the user named the primary statistic
+    calibrated = [n for n, a in attacks.items() if isinstance(a, Calibrated)]
+    if calibrated and plan.primary_attack is None:
+        plan = replace(plan, primary_attack=calibrated[0])
+        return plan, (f"Primary statistic: {calibrated[0]!r}, the first reference-calibrated attack of the list (a "
+                      "fine-tune's signal is what it changed against its base; stats.primary_attack overrides).")
     if str(stats_cfg.get("test", "auto")) != "auto" or CALIBRATED_NAME in attacks:
         return plan, ""
     names = list(attacks)
@@ -140,3 +160,20 @@ def choose_default_primary(cfg: DictConfig, plan: Any, attacks: dict[str, Any], 
     return plan, (f"Primary statistic: the default attacks' scores combined by the cross-fitted test "
                   f"(features {', '.join(names)}; per-work p-values from {names[0]}), the default chosen by "
                   f"measurement ({DEFAULT_PRIMARY_TABLE}).")
+
+
+def conditioning_decision(target: Any) -> str:
+    """One sentence for plan.json: how works and prompts are conditioned and why (``target.info.conditioning``,
+    decided at load time from the options, the training metadata and the model's config)."""
+    info = getattr(target, "info", None)
+    chosen = getattr(info, "conditioning", None) or {}
+    parts = []
+    for key, c in chosen.items():
+        if c.get("source") == "not applicable" and "not applied" not in str(c.get("reason", "")):
+            continue
+        value = c.get("value")
+        shown = "none" if value is None else value
+        parts.append(f"{key} = {shown} ({c.get('source')}: {c.get('reason')})")
+    if not parts:
+        return ""
+    return "Target conditioning (scored as trained): " + "; ".join(parts) + "."

@@ -280,16 +280,18 @@ def complete_plan(cfg: DictConfig, plan: Any, attacks: dict[str, Attack], eviden
     fitted to the target's family (:func:`audit.defaults.fit_default_attacks`) and the default primary statistic
     (:func:`audit.defaults.choose_default_primary`). Returns the plan, the attacks
     and a sentence saying what was decided."""
-    from audit.defaults import add_lora_calibration, choose_default_primary, fit_default_attacks
+    from audit.defaults import add_lora_calibration, choose_default_primary, conditioning_decision, fit_default_attacks
 
-    fit_decision = ""
+    fit_decision = cond_decision = ""
     if target is not None:
         attacks, fit_decision = fit_default_attacks(attacks, target)
+        cond_decision = conditioning_decision(target)  # resolution, prompt length, mask, guidance: as trained, why
     plan, strata_decision = resolve_strata(plan, [{"role": r.role, "artist": r.artist} for r in evidence.records])
     attacks, plan, lora_decision = add_lora_calibration(cfg, attacks, plan)
     n_suspect = sum(r.role == "suspect" for r in evidence.records)
     plan, primary_decision = choose_default_primary(cfg, plan, attacks, n_suspect)
-    decisions = " ".join(s for s in (fit_decision, strata_decision, lora_decision, primary_decision) if s)
+    decisions = " ".join(s for s in (cond_decision, fit_decision, strata_decision, lora_decision, primary_decision)
+                         if s)
     log.info("analysis plan: %s", decisions)
     return plan, attacks, decisions
 

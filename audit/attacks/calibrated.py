@@ -95,24 +95,33 @@ class Calibrated(Attack):
         self.access = self.attack.access
 
     # ------------------------------------------------------------------ reference
-    def reference_target(self) -> Target:
-        """The reference model, loaded on first use and kept."""
+    def reference_target(self, target: Target | None = None) -> Target:
+        """The reference model, loaded on first use and kept. With ``target``: conditioning options the reference
+        leaves unset (``resolution``, ``max_sequence_length``, …) are the target's resolved ones, so the base is
+        scored with the same images and prompts as the fine-tune (e.g. at the LoRA's training resolution)."""
         if self._reference_target is None:
             from audit.targets import TargetLoadError, load_target
+            from audit.targets.conditioning import CONDITIONING_OPTIONS
 
             if self.reference.get("source") in MISSING:
                 raise AttackSetupError(
                     f"{self.name}: reference.source is missing; set it to a model that did not train on the "
                     "suspects, e.g. the base model of the fine-tune under audit"
                 )
+            kwargs = dict(self.reference)
+            resolved = (getattr(getattr(target, "info", None), "conditioning", None) or {}) if target else {}
+            for key in CONDITIONING_OPTIONS:
+                value = (resolved.get(key) or {}).get("value")
+                if kwargs.get(key) is None and value is not None:
+                    kwargs[key] = value
             try:
-                self._reference_target = load_target(**self.reference)
+                self._reference_target = load_target(**kwargs)
             except TargetLoadError as e:
                 raise AttackSetupError(f"{self.name}: could not load the reference model: {e}") from e
         return self._reference_target
 
     def check_target(self, target: Target) -> None:
-        ref = self.reference_target()
+        ref = self.reference_target(target)
         self.attack.check_target(target)
         self.attack.check_target(ref)
         if ref.process.kind != target.process.kind:

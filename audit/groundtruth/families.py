@@ -111,10 +111,11 @@ def _sd3(seed: int, width: int = 16, resolution: int = RESOLUTION, text_len: int
         text_encoder_3=_t5(tok3, 64, seed + 4), tokenizer_3=tok3)
 
 
-def _flux(seed: int):
+def _flux(seed: int, resolution: int = RESOLUTION, text_len: int = T5_LEN):
+    """``text_len``: the T5 tokenizer's ``model_max_length`` (FluxPipeline pads prompts to min(512, it))."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-    tok, tok2 = _build_tokenizer(CLIP_LEN), build_t5_tokenizer()
+    tok, tok2 = _build_tokenizer(CLIP_LEN), build_t5_tokenizer(text_len)
     torch.manual_seed(seed)
     tr = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                                 num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
@@ -122,7 +123,7 @@ def _flux(seed: int):
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
                                             base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
                                             max_image_seq_len=4096)
-    return FluxPipeline(transformer=tr, scheduler=sched, vae=_vae(seed + 1, shift=True),
+    return FluxPipeline(transformer=tr, scheduler=sched, vae=_vae(seed + 1, shift=True, resolution=resolution),
                         text_encoder=_clip(tok, seed + 2, projection=False), tokenizer=tok,
                         text_encoder_2=_t5(tok2, 32, seed + 3), tokenizer_2=tok2)
 
@@ -148,7 +149,8 @@ def build_tiny_family(family: str, out_dir: str | os.PathLike, *, seed: int = 0,
     """Build the tiny ``family`` model (sdxl, sd3, flux, pixart) and save it to ``out_dir``.
 
     ``size``: builder-specific sizes (sd3: ``width``, the transformer's inner dimension, default 16,
-    ``resolution`` in pixels, default 32, and ``text_len``, the tokenizers' length, default 16).
+    ``resolution`` in pixels, default 32, and ``text_len``, the tokenizers' length, default 16; flux: ``resolution``
+    (the VAE's ``sample_size``) and ``text_len``, the T5 tokenizer's length, default 24).
     """
     if family not in FAMILY_BUILDERS:
         raise ValueError(f"no tiny builder for {family!r}; choose from {sorted(FAMILY_BUILDERS)}")

@@ -11,7 +11,8 @@ from typing import Any
 
 from audit.types import ROLES
 
-__all__ = ["GenerateConfig", "InpaintConfig", "Img2ImgConfig", "FigureConfig", "ReconstructionConfig", "MASK_KINDS"]
+__all__ = ["GenerateConfig", "InpaintConfig", "Img2ImgConfig", "ExtractConfig", "FigureConfig", "ReconstructionConfig",
+           "MASK_KINDS"]
 
 MASK_KINDS: tuple[str, ...] = ("half", "centre", "blocks")
 
@@ -87,6 +88,26 @@ class Img2ImgConfig:
 
 
 @dataclass
+class ExtractConfig:
+    """Model-guided extraction (FineXtract's idea; :mod:`audit.reconstruction.extract`): ``n`` samples per distinct
+    caption guided along (fine-tune − base) with weight ``model_guidance``, clustered, matched to every work.
+    ``base``: load_target arguments of the fine-tune's base (null / no ``source``: a LoRA target's own source
+    without the LoRA; a full fine-tune needs ``base.source``, e.g. ``${target.base}``). Off by default."""
+
+    enabled: bool = False
+    n: int = 16
+    steps: int = 20
+    model_guidance: float = 3.0
+    text_guidance: float = 0.0
+    cluster_threshold: float = 0.12
+    top_clusters: int = 4
+    tiles: int = 4
+    prompt: str = "{caption}"
+    base: dict[str, Any] | None = None
+    figures: int = 8  # works in extract_grid.png (most member-like suspects, + 2 controls)
+
+
+@dataclass
 class FigureConfig:
     """Evidence figures: which artworks get a row (``roles``; when none of them is present the first
     non-control role present is used), at most ``max_items`` (most member-like first), plus the
@@ -112,6 +133,7 @@ class ReconstructionConfig:
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
     img2img: Img2ImgConfig = field(default_factory=Img2ImgConfig)
     figures: FigureConfig = field(default_factory=FigureConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.roles) - set(ROLES))
@@ -147,7 +169,8 @@ class ReconstructionConfig:
         except ImportError:  # pragma: no cover
             pass
         d = {k: v for k, v in dict(cfg).items() if k != "_target_"}
-        subs = {"generate": GenerateConfig, "inpaint": InpaintConfig, "img2img": Img2ImgConfig, "figures": FigureConfig}
+        subs = {"generate": GenerateConfig, "inpaint": InpaintConfig, "img2img": Img2ImgConfig, "figures": FigureConfig,
+                "extract": ExtractConfig}
         kw: dict[str, Any] = {}
         for k, v in d.items():
             if k in subs:

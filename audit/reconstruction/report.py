@@ -48,8 +48,21 @@ def _p(x: Any) -> str:
 
 
 def _src(folder: Path, rel: str, embed: bool, prefix: str) -> str:
+    # a results folder may be crafted: a figure is a plain relative .png path inside the folder, never a path
+    # out of it (``../``, absolute) nor a symbolic link, so no file from elsewhere is embedded in a report
+    parts = Path(str(rel)).parts
+    if (not isinstance(rel, str) or not rel.endswith(".png") or Path(rel).is_absolute() or ".." in parts
+            or not parts):
+        raise ValueError(f"reconstruction.json: figure {rel!r} is not a .png file inside the run's reconstruction "
+                         "folder (refused)")
+    p = folder / rel
+    cur = folder
+    for part in parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise ValueError(f"reconstruction.json: figure {rel!r} goes through a symbolic link (refused)")
     if embed:
-        return "data:image/png;base64," + base64.b64encode((folder / rel).read_bytes()).decode("ascii")
+        return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
     return f"{prefix}{rel}"
 
 

@@ -73,6 +73,8 @@ STATISTICS: dict[str, str] = {
     "recon_inpaint_centre": "inpainting (centre hidden): −RMS error inside the hidden square",
     "recon_inpaint_blocks": "inpainting (random blocks hidden): −RMS error inside the hidden blocks",
     "recon_img2img_tiled_l2": "img2img: −mean tiled ℓ2 distance of the reconstructions to the artwork",
+    "recon_extract_tiled_l2": "model-guided extraction: −(smallest tiled ℓ2 from the work to a guided sample of its caption)",
+    "recon_extract_cluster": "model-guided extraction: −(smallest tiled ℓ2 from the work to an extracted cluster medoid)",
 }
 # how a statistic is shown as a similarity/distance value in figures (the score with its sign undone)
 _DISPLAY = {"recon_gen_tiled_l2": ("tiled ℓ2", -1), "recon_gen_ssim": ("SSIM", 1), "recon_gen_embed": ("cos", 1),
@@ -170,6 +172,11 @@ def run_reconstruction(
         if cfg.img2img.enabled:
             _img2img_all(target, ev, cfg, seed, progress, stats, hashes, per_art, material)
             _prune(material, stats, recs, cfg)
+        extraction = None
+        if cfg.extract.enabled:  # model-guided extraction (fine-tune vs base): audit/reconstruction/extract.py
+            from audit.reconstruction.extract import reconstruction_step
+
+            extraction = reconstruction_step(target, ev, cfg, seed, progress, stats, hashes, per_art)
     if not stats:
         raise ValueError("reconstruction: every test is disabled (generate, inpaint, img2img)")
 
@@ -217,6 +224,13 @@ def run_reconstruction(
         if cfg.figures.enabled and fig_idx:
             record["figures"], fig_files = _write_figures(cfg, out, recs, per_art, material, originals, stats, roles)
             files += fig_files
+        if extraction is not None:
+            files += extraction.write(out, ev, stats, roles)
+    if extraction is not None:
+        record["extraction"] = extraction.record
+        # the base model's own evaluations are counted on the base (as calibration's are), not in unet_evals
+        record["base_unet_evaluations"] = extraction.base_evals
+    if out is not None:
         (out / JSON_NAME).write_text(json.dumps(record, indent=2, default=_json_default, allow_nan=False))
         files.append(JSON_NAME)
         from audit.reconstruction.report import write_fragment

@@ -34,6 +34,10 @@ class TargetInfo:
     family: str = ""  # registry name of the adapter (audit.targets.families)
     process: dict[str, Any] = field(default_factory=dict)  # the diffusion process, as read from the scheduler
     memory: dict[str, Any] = field(default_factory=dict)  # CPU offload / VAE slicing / tiling applied (targets/memory.py)
+    # how prompts and images are conditioned, each decision with its source and reason (targets/conditioning.py)
+    conditioning: dict[str, Any] = field(default_factory=dict)
+    # what the LoRA / checkpoint files say about their training (targets/metadata.py), and the base-hash checks
+    training_metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +54,8 @@ class TargetInfo:
             "family": self.family,
             "process": dict(self.process),
             **({"memory": dict(self.memory)} if self.memory else {}),
+            **({"conditioning": dict(self.conditioning)} if self.conditioning else {}),
+            **({"training_metadata": dict(self.training_metadata)} if self.training_metadata else {}),
         }
 
 
@@ -63,6 +69,8 @@ class Target(abc.ABC):
     """
 
     info: TargetInfo
+    #: prompts are put into this template before encoding (``{caption}``; None = the caption as it is)
+    caption_template: str | None = None
     #: registry name of the model family ("pixel", "sd", "sdxl", "sd3", "flux", "pixart")
     family: str = ""
 
@@ -97,6 +105,12 @@ class Target(abc.ABC):
     def denoiser(self) -> torch.nn.Module:
         """The network the process queries (a UNet or a transformer)."""
         return self.unet
+
+    def prompts(self, captions: Sequence[str]) -> list[str]:
+        """The captions as the model was trained on them (``target.caption_template``; '' stays '')."""
+        from audit.targets.conditioning import apply_caption_template
+
+        return apply_caption_template(self.caption_template, captions)
 
     # ------------------------------------------------------------------ shared maths (via the process)
     @property

@@ -262,6 +262,31 @@ def _choose_family(index: dict[str, Any], kind: str, family: str | None, source:
     return fam
 
 
+def _given_conditioning(options: dict[str, Any], metadata_files: list[tuple[Path, str]], use_metadata: bool,
+                        base: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The conditioning values given before the family decides: the user's options, else the training metadata's
+    (:func:`audit.targets.metadata.scoring_defaults`). Returns those choices and the metadata record for the info."""
+    from audit.targets.conditioning import Choice
+    from audit.targets.metadata import check_base_hashes, read_training_metadata, scoring_defaults
+
+    given = {k: Choice(v, "option", f"target.{k}={v!r} (set by the user)") for k, v in options.items()
+             if v is not None}
+    if not use_metadata:
+        return given, ({"files": [], "note": "target.use_training_metadata=false: not read"} if metadata_files else {})
+    records = [read_training_metadata(p, role) for p, role in metadata_files]
+    if not records:
+        return given, {}
+    implied = scoring_defaults(records)
+    for key, (value, why) in implied.items():
+        if key not in given:
+            given[key] = Choice(value, "training metadata", why)
+    used = {k: {"value": v, "reason": why, "used": k not in options or options[k] is None}
+            for k, (v, why) in implied.items()}
+    record = {"files": [r.to_dict() for r in records], "scoring_defaults": used,
+              "base_check": check_base_hashes(records, base)}
+    return given, record
+
+
 def load_target(
     source: str,
     *,
@@ -278,6 +303,11 @@ def load_target(
     dtype: str = "float32",
     resolution: int | None = None,
     guidance: float | None = None,
+    max_sequence_length: int | None = None,
+    t5_attention_mask: bool | None = None,
+    caption_template: str | None = None,
+    use_training_metadata: bool = True,
+    base: str | None = None,
     offload: str = "none",
     vae_slicing: bool = False,
     vae_tiling: bool = False,
@@ -299,8 +329,17 @@ def load_target(
         local_files_only: never touch the network (also implied by ``HF_HUB_OFFLINE=1``).
         allow_pickle: accept pickle-based weight files. Off by default: pickles can execute code.
         device, dtype: where and in which precision the model runs.
-        resolution: pixel resolution for families whose config does not fix one (Flux; default 1024).
-        guidance: Flux dev's distilled guidance value (default: the pipeline's 3.5); ignored elsewhere.
+        resolution, max_sequence_length, t5_attention_mask, guidance, caption_template: how works and prompts are
+            conditioned (:data:`audit.targets.conditioning.CONDITIONING_OPTIONS`). ``None`` = as the model was
+            trained: the training metadata of the LoRA / single file (``ss_resolution``,
+            ``ss_t5xxl_max_token_length``, ``ss_apply_t5_attn_mask``, ``ss_guidance_scale``) when
+            ``use_training_metadata``, else the model's config (resolution: the denoiser's or the VAE's
+            ``sample_size``), else the pipeline's default. An option that does not apply to the family is refused.
+            Every decision is recorded with its source and reason in ``info.conditioning``.
+        use_training_metadata: read the files' safetensors metadata (never the tensors) into
+            ``info.training_metadata`` (an exhibit) and take scoring defaults from it.
+        base: the public base model the fine-tune was made from (a folder, hub id or single file): the
+            metadata's base-model hashes are checked against it (``audit.defaults`` also calibrates against it).
         offload, vae_slicing, vae_tiling: memory options for large models on one GPU (``none`` | ``model`` |
             ``sequential`` CPU offload; see :mod:`audit.targets.memory`). Offload needs a CUDA device.
     """
@@ -353,6 +392,8 @@ def load_target(
     except Exception as e:
         raise TargetLoadError(f"could not load {source} as a {fam.title} model: {e}") from e
 
+    # files whose safetensors header may say how the model was trained (read without loading tensors)
+    metadata_files: list[tuple[Path, str]] = [(single, "single file")] if single_file else []
     lora_names: list[str] = []
     if lora_specs:
         if not hasattr(pipe, "load_lora_weights"):
@@ -362,6 +403,7 @@ def load_target(
         for i, spec in enumerate(lora_specs):
             path = _resolve_lora_file(str(spec), allow_pickle, local_files_only)
             files[f"lora/{i}/{path.name}"] = sha256_file(path)
+            metadata_files.append((path, "lora"))
             name = f"audit_lora_{i}"
             try:
                 from audit.lora_check import apply_lora_checked  # every key must map (lora_strict)
@@ -391,7 +433,20 @@ def load_target(
         classes=classes,
         family=fam.name,
     )
-    options = {"resolution": resolution, "guidance": guidance}
+    from audit.targets.conditioning import ConditioningChoices
+
+    given, training = _given_conditioning(
+        {"resolution": resolution, "max_sequence_length": max_sequence_length, "t5_attention_mask": t5_attention_mask,
+         "guidance": guidance, "caption_template": caption_template},
+        metadata_files, use_training_metadata, base if base not in (None, "", "???") else source)
+    # a setting that differs from the model's own defaults changes every score: part of the fingerprint
+    given_fp = {f"conditioning/{k}": repr(c.value) for k, c in sorted(given.items())}
+    if given_fp:
+        common_info["fingerprint"] = fingerprint_of({**files, **given_fp,
+                                                     **({"lora_scale": str(float(lora_scale))} if lora_names else {}),
+                                                     **({"vae_tiling": "true"} if vae_tiling else {})})
+    choices = ConditioningChoices(fam.name, given)
+    options = {"resolution": resolution, "guidance": guidance, "choices": choices}
     try:
         # with CPU offload the components stay in CPU memory; diffusers' hooks move each to the GPU for its call
         target = fam.build(pipe, torch.device("cpu") if offload_mode != "none" else dev, dt, common_info, options)
@@ -405,5 +460,6 @@ def load_target(
     target.family = fam.name
     # the info records the process as the adapter resolved it (e.g. Flux's dynamic shift at this resolution)
     target.info = replace(target.info, prediction_type=target.process.prediction_type,
-                          process=target.process.describe(), memory=memory)
+                          process=target.process.describe(), memory=memory, conditioning=choices.to_dict(),
+                          training_metadata=training)
     return target

@@ -57,8 +57,12 @@ class LatentTarget(Target):
         info: TargetInfo,
         device: torch.device,
         dtype: torch.dtype,
+        max_sequence_length: int | None = None,
+        caption_template: str | None = None,
     ):
         super().__init__(scheduler, device, dtype)
+        self.max_sequence_length = int(max_sequence_length or tokenizer.model_max_length)
+        self.caption_template = caption_template
         self.unet = _place(unet, device, dtype)
         self.vae = _place(vae, device, dtype)
         self.text_encoder = _place(text_encoder, device, dtype)
@@ -79,9 +83,9 @@ class LatentTarget(Target):
 
     def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
         tok = self.tokenizer(
-            list(captions),
+            self.prompts(captions),
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,
+            max_length=self.max_sequence_length,
             truncation=True,
             return_tensors="pt",
         )

@@ -53,3 +53,53 @@ class PipelineTarget(Target):
         if cond is None:
             raise ValueError("a text-conditional target needs `cond` (use encode_text; '' for the unconditional branch)")
         return cond.to(self.device, self.dtype)
+
+
+def native_resolution(pipe: Any, denoiser: Any, scale: int) -> tuple[int | None, str]:
+    """The pixel resolution the model's own configs give: the denoiser's ``sample_size`` × the VAE factor, else the
+    VAE's ``sample_size`` (Flux's transformer has none; the Flux.1 and SDXL VAEs say 1024, SD 1.5's 512)."""
+    ss = denoiser.config.get("sample_size", None) if denoiser is not None else None
+    if ss:
+        ss = ss[0] if isinstance(ss, (list, tuple)) else ss
+        return int(ss) * scale, f"{type(denoiser).__name__}.config.sample_size={ss} × VAE factor {scale}"
+    vae = getattr(pipe, "vae", None)
+    vs = vae.config.get("sample_size", None) if vae is not None else None
+    if vs:
+        vs = vs[0] if isinstance(vs, (list, tuple)) else vs
+        return int(vs), f"vae.config.sample_size={vs}"
+    return None, ""
+
+
+def choose_resolution(ch: Any, pipe: Any, denoiser: Any, scale: int, multiple: int,
+                      family_default: int | None = None) -> int:
+    """``target.resolution``, else the training metadata's, else :func:`native_resolution`, else the family's."""
+    native, why = native_resolution(pipe, denoiser, scale)
+    source = "model config"
+    if native is None:
+        if family_default is None:
+            raise ValueError("the model's configs give no resolution; set target.resolution")
+        native, source, why = family_default, "family default", "the model's configs give none"
+
+    def check(v: Any) -> str:
+        ok = isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % multiple == 0
+        return "" if ok else f"must be a positive multiple of {multiple} for this model"
+    return int(ch.pick("resolution", native, source, why, check))
+
+
+def choose_caption_template(ch: Any) -> str | None:
+    from audit.targets.conditioning import check_caption_template
+
+    return ch.pick("caption_template", None, "family default", "captions are encoded as they are",
+                   check=check_caption_template)
+
+
+def length_check(limit: int, what: str):
+    """A check for ``max_sequence_length``: 1 … ``limit`` (the tokenizer's / text encoder's own limit)."""
+    def check(v: Any) -> str:
+        ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limit
+        return "" if ok else f"must be an integer from 1 to {limit} ({what})"
+    return check
+
+
+def unet_multiple(unet: Any, scale: int) -> int:
+    return scale * 2 ** (len(unet.config.block_out_channels) - 1)

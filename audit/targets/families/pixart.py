@@ -10,21 +10,24 @@ from typing import Any, Sequence
 import torch
 
 from audit.targets.base import TargetInfo
-from audit.targets.conditioning import Conditioning
-from audit.targets.families._common import PipelineTarget, vae_scale_factor
+from audit.targets.conditioning import Conditioning, ConditioningChoices
+from audit.targets.families._common import (PipelineTarget, choose_caption_template, choose_resolution, length_check,
+                                            vae_scale_factor)
 from audit.targets.registry import Family, register
 
 
 class PixArtTarget(PipelineTarget):
     family = "pixart"
 
-    def __init__(self, pipe: Any, info: TargetInfo, device, dtype, max_sequence_length: int) -> None:
+    def __init__(self, pipe: Any, info: TargetInfo, device, dtype, max_sequence_length: int,
+                 caption_template: str | None = None) -> None:
         super().__init__(pipe, "transformer", info, device, dtype)
         self.max_sequence_length = int(max_sequence_length)
+        self.caption_template = caption_template
 
     def encode_text(self, captions: Sequence[str]) -> Conditioning:
         prompt_embeds, mask, _, _ = self.pipe.encode_prompt(
-            list(captions), do_classifier_free_guidance=False, num_images_per_prompt=1, device=self.device,
+            self.prompts(captions), do_classifier_free_guidance=False, num_images_per_prompt=1, device=self.device,
             clean_caption=False, max_sequence_length=self.max_sequence_length)
         return Conditioning({"encoder_hidden_states": prompt_embeds, "encoder_attention_mask": mask})
 
@@ -45,12 +48,21 @@ class PixArtTarget(PipelineTarget):
 
 
 def build(pipe: Any, device, dtype, info: dict[str, Any], options: dict[str, Any]) -> PixArtTarget:
-    res = int(pipe.transformer.config.sample_size) * vae_scale_factor(pipe.vae)
+    ch: ConditioningChoices = options.get("choices") or ConditioningChoices("pixart")
+    scale = vae_scale_factor(pipe.vae)
+    res = choose_resolution(ch, pipe, pipe.transformer, scale, scale * int(pipe.transformer.config.patch_size))
     sigma = type(pipe).__name__.startswith("PixArtSigma")
     default_len = 300 if sigma else 120  # the pipelines' defaults (Σ: 300 tokens, α: 120)
-    max_len = min(default_len, int(pipe.tokenizer.model_max_length))
+    limit = int(pipe.tokenizer.model_max_length)
+    max_len = ch.pick("max_sequence_length", min(default_len, limit), "family default",
+                      f"the PixArt-{'Σ' if sigma else 'α'} pipeline's default T5 length {default_len} "
+                      f"(tokenizer.model_max_length={limit})", length_check(max(limit, default_len), "T5 prompt length"))
+    ch.pick("t5_attention_mask", True, "model config", "PixArt always passes the T5 attention mask",
+            check=lambda v: "" if v is True else "PixArt is trained with the T5 attention mask; it cannot be switched off")
+    ch.not_applicable("guidance", "no distilled guidance input (classifier-free guidance is a per-test setting)")
+    template = choose_caption_template(ch)
     return PixArtTarget(pipe, TargetInfo(kind="latent", resolution=res, conditional=True, **info), device, dtype,
-                        options.get("max_sequence_length") or max_len)
+                        max_len, caption_template=template)
 
 
 FAMILY = register(Family(

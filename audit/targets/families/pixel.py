@@ -4,15 +4,20 @@ from __future__ import annotations
 from typing import Any
 
 from audit.targets.base import TargetInfo
+from audit.targets.conditioning import ConditioningChoices
+from audit.targets.families._common import choose_resolution, unet_multiple
 from audit.targets.models import PixelTarget
 from audit.targets.registry import Family, register
 
 
 def build(pipe: Any, device, dtype, info: dict[str, Any], options: dict[str, Any]) -> PixelTarget:
-    res = pipe.unet.config.sample_size
-    res = res[0] if isinstance(res, (list, tuple)) else res
+    ch: ConditioningChoices = options.get("choices") or ConditioningChoices("pixel")
+    res = choose_resolution(ch, pipe, pipe.unet, 1, unet_multiple(pipe.unet, 1))
+    for key in ("max_sequence_length", "t5_attention_mask", "caption_template"):
+        ch.not_applicable(key, "an unconditional model takes no prompt")
+    ch.not_applicable("guidance", "an unconditional model takes no guidance")
     return PixelTarget(pipe.unet, pipe.scheduler,
-                       TargetInfo(kind="pixel", resolution=int(res), conditional=False, **info), device, dtype)
+                       TargetInfo(kind="pixel", resolution=res, conditional=False, **info), device, dtype)
 
 
 FAMILY = register(Family(
