@@ -42,6 +42,11 @@ class ImageRecord:
     height: int = 0
     format: str = ""
     resolved_path: str = ""  # the file actually read: a symbolic link's target (else the path itself)
+    # the basis of the comparison (optional manifest columns, audit.data.manifest): why a work is known (not) to
+    # be in training (post_cutoff / unpublished / held_out / free text), when it was first published, where from
+    basis: str = ""
+    published: str = ""
+    source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

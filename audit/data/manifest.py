@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -85,12 +86,50 @@ def _entry_from_fields(fields: dict[str, Any], where: str, base: Path) -> dict[s
             raise ValueError(f"{where}: field {col!r} must be a plain value, got {type(value).__name__}")
         else:
             entry[col] = str(value)
+    _basis_fields(fields, entry, where)
     # Extra columns (title, url, licence, ...) are kept so callers can use them; they do not affect
     # the audit.
     for key, value in fields.items():
         if key not in entry:
             entry[key] = value
     return entry
+
+
+#: Optional columns that state the basis of the comparison (shown in the report's "Basis of the comparison").
+BASIS_COLUMNS: tuple[str, ...] = ("basis", "published", "source")
+#: Named bases (free text is accepted too): why a work is known to be outside (or inside) the training data.
+BASIS_VALUES: tuple[str, ...] = ("post_cutoff", "unpublished", "held_out", "known_member", "claimed")
+_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
+
+
+def _basis_fields(fields: dict[str, Any], entry: dict[str, Any], where: str) -> None:
+    """``basis`` (a named basis or free text), ``published`` (ISO date YYYY, YYYY-MM or YYYY-MM-DD) and
+    ``source`` (free text), each optional; a malformed value is a manifest error."""
+    for col in BASIS_COLUMNS:
+        value = fields.get(col)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            entry[col] = ""
+            continue
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise ValueError(f"{where}: field {col!r} must be a plain value, got {type(value).__name__}")
+        text = str(value).strip()
+        if col == "published":
+            if not _DATE.fullmatch(text) or not _valid_date(text):
+                raise ValueError(f"{where}: field 'published' must be a date YYYY, YYYY-MM or YYYY-MM-DD, got {text!r}")
+        elif len(text) > 500:
+            raise ValueError(f"{where}: field {col!r} is longer than 500 characters")
+        entry[col] = text
+
+
+def _valid_date(text: str) -> bool:
+    from datetime import date
+
+    parts = [int(x) for x in text.split("-")] + [1, 1]
+    try:
+        date(parts[0], parts[1], parts[2])
+    except ValueError:
+        return False
+    return True
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -455,6 +494,9 @@ def load_evidence(
                 caption=_str_field(e.get("caption")),
                 artist=_str_field(e.get("artist")),
                 created=_str_field(e.get("created")),
+                basis=_str_field(e.get("basis")),
+                published=_str_field(e.get("published")),
+                source=_str_field(e.get("source")),
                 width=int(info["width"]),
                 height=int(info["height"]),
                 format=str(info["format"]),

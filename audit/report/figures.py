@@ -199,9 +199,14 @@ def placebo_png(g: GateResult) -> bytes:
     return _png(fig)
 
 
-def positive_control_png(g: GateResult) -> bytes:
-    """p-values of the primary test on resampled sets of known members (and the full-set values)."""
+def positive_control_png(g: GateResult) -> bytes | None:
+    """p-values of the primary test on resampled sets of known members (and the full-set values); None when there
+    is no spread of resampled p-values to show (power from an approximation, or every draw at the same p-value):
+    a figure of two vertical lines says nothing the gate's sentence does not."""
     d = g.details
+    pv = d.get("p_values")
+    if pv is None or len(pv) == 0 or float(np.ptp(np.asarray(pv, dtype=float))) == 0.0:
+        return None
     fig = Figure(figsize=(6, 3.4))
     ax = fig.subplots()
     if d.get("p_values") is not None:

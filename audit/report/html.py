@@ -17,9 +17,11 @@ from typing import Any
 import pandas as pd
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from markupsafe import escape
+from markupsafe import Markup, escape
 
-from audit.report.texts import BIBLIOGRAPHY, DECLARATION, GLOSSARY, expert_from_config, report_provenance
+from audit.report.texts import (BIBLIOGRAPHY, CRITIQUES, GLOSSARY, STUDIES, alternative_explanations, declaration,
+                                 expert_from_config, procedure_page_one, procedure_sentences, report_provenance,
+                                 uncommitted_page_one)
 from audit.report.figures import gate_png, histogram_png, pvalue_png, roc_png, to_base64
 from audit.stats.analysis import AuditResult, format_p, test_label
 from audit.stats.blind import FEATURE_DESCRIPTIONS
@@ -49,6 +51,20 @@ def _fmt_pct(f: float) -> str:
     return f"{f * 100:g}%"
 
 
+_ISO_TIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?")
+_HEX = re.compile(r"\b[0-9a-f]{16,64}\b")
+
+
+def _marked(text: Any) -> Markup:
+    """Escaped text with times in ``<time>``, hashes and `quoted names` in ``<code>`` (which the number scan skips:
+    they are identifiers, not measurements)."""
+    t = str(escape(str(text)))
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    t = _ISO_TIME.sub(lambda m: f"<time>{m.group(0)}</time>", t)
+    t = _HEX.sub(lambda m: f"<code>{m.group(0)}</code>", t)
+    return Markup(t)
+
+
 def _env() -> Environment:
     # autoescape=True, not select_autoescape(): the template is "*.html.j2", which select_autoescape's
     # extension check would not recognise as HTML, and captions/paths are untrusted text.
@@ -62,6 +78,7 @@ def _env() -> Environment:
     env.filters["num"] = _fmt_num
     env.filters["pval"] = format_p
     env.filters["pct"] = _fmt_pct
+    env.filters["marked"] = _marked
     env.filters["basename"] = lambda v: Path(str(v)).name if v else ""
     env.filters["sig"] = lambda v: f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else str(v)
     env.globals["zip"] = zip
@@ -163,18 +180,18 @@ def plain_summary(result: AuditResult, facts: dict[str, Any] | None = None) -> l
     out: list[str] = []
     n_s = t.n_suspect if t else 0
     n_c = t.n_control if t else 0
-    assumption = ("This rests on one assumption: that a suspect work the model was not trained on is, for the model, "
-                  "no different from the controls (exchangeable with them) — works of the same kind, chosen without "
-                  "regard to any score." + _basis_phrase(facts))
+    assumption = ("If the controls are a fair comparison — that is, if a suspect work the model was not trained on "
+                  "is, for the model, no different from them (exchangeable with them): works of the same kind, chosen "
+                  "without regard to any score —")
     if v.decision == "reject_h0":
         out.append(
             f"The model fits the {n_s} suspect works more closely than {n_c} comparable works known not to be in its "
             f"training data (the controls), by more than chance would explain at the level fixed in advance "
             f"(α = {plan.alpha:g}, p = {format_p(v.p_value, plan.alpha)}: a difference this large would arise by "
-            f"chance {chance_words(v.p_value)} times if none of them had been used). {assumption} If it holds, the "
-            "data are inconsistent with no suspect work being in the training data. That p-value is the audit's one "
-            "headline result (every other p-value in the report is labelled per-work or exploratory); it is "
-            "statistical evidence, not proof."
+            f"chance {chance_words(v.p_value)} times if none of them had been used). {assumption} the data are "
+            "inconsistent with no suspect work being in the training data." + _basis_phrase(facts)
+            + " That p-value is the audit's one headline result (every other p-value in the report is labelled "
+            "per-work or exploratory); it is statistical evidence, not proof."
         )
         if t is not None and t.n_resamples and v.p_value is not None and v.p_value <= 1.0 / (t.n_resamples + 1) + 1e-12:
             out.append(
@@ -294,8 +311,8 @@ def _sensitivity_sentence(result: AuditResult) -> str | None:
         if flips:
             shown = "; ".join(f"{s['variant']} ({s['attack']}): p = {format_p(s['p_value'], plan.alpha)}"
                               for s in flips[:3])
-            parts.append(f"{len(flips)} of the exploratory variants in the sensitivity table do not reach α "
-                         f"({shown})")
+            parts.append(f"{len(flips)} of the exploratory variants in the sensitivity table "
+                         f"{'does' if len(flips) == 1 else 'do'} not reach α ({shown})")
     if not parts:
         return None
     return "Sensitivity: " + "; ".join(parts) + "."
@@ -330,7 +347,7 @@ def _decision_rates_sentence(result: AuditResult) -> str | None:
     if not dr:
         return ("How often is this procedure wrong on this model? The false-positive rate of the whole decision "
                 "(test and validity gates together) was not measured on this model in this report; the validity "
-                "gates give the checks that were run (section 1).")
+                "gates in the summary give the checks that were run.")
     fpr, power = dr.get("fpr"), dr.get("power")
     where = dr.get("measured_on") or "this model"
     bits = []
@@ -508,12 +525,15 @@ def _training_metadata(target: dict[str, Any]) -> dict[str, Any] | None:
 
 def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
              metadata: dict[str, Any], features: pd.DataFrame | None, pdf_note: str | None,
-             run_folder: str | Path | None = None) -> dict[str, Any]:
+             run_folder: str | Path | None = None, records: dict[str, Any] | None = None) -> dict[str, Any]:
     plan = result.plan
     meta = dict(metadata)
     config_yaml = meta.pop("config_yaml", None)
     cfg = _config_values(config_yaml)
     pa = _per_artwork_attack(result)
+    records = records if records is not None else report_records(result, scores, images, rejected, metadata)
+    proc = records["procedure"]
+    facts = {"basis": records.get("basis"), "procedure": proc}
     figures = {
         "roc_sc": _b64(roc_png(scores, "suspect_control", plan.control_role)),
         "roc_bench": _b64(roc_png(scores, "benchmark", plan.control_role))
@@ -564,16 +584,120 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
                    "sha256": d.get("sha256") or ""} for d in rejected],
         metadata=meta, other_meta=other_meta, config_yaml=config_yaml, inventory=inventory, role_counts=role_counts,
         any_benchmark=any(a.auc_member_nonmember is not None for a in result.attacks),
-        summary=plain_summary(result), headline=plain_headline(result), limitations=limitations(result), attacks=_describe_attacks(meta, scores),
+        summary=plain_summary(result, facts), headline=plain_headline(result), limitations=limitations(result),
+        attacks=_describe_attacks(meta, scores), records=records, proc=proc, basis=records.get("basis"),
+        date=records.get("date_trend"), case=records.get("case"), exhibits=records.get("exhibits") or [],
+        records_seal=meta.get("records_seal"), source_seal=records.get("source_seal"),
+        procedure=procedure_sentences(proc), page_one=[x for x in (procedure_page_one(proc),
+                                                                   uncommitted_page_one(proc["tool_uncommitted"])) if x],
+        confirmatory=bool(result.verdict.confirmatory and proc["order_ok"]),
+        studies=STUDIES, critiques=CRITIQUES, alternatives=alternative_explanations(_alt_facts(result, records, rejected)),
+        decision_rates=result.to_dict().get("decision_rates"), closed=_closed_p(result),
+        stratum_counts=_stratum_counts(result),
+        model_check={"n": int(scores.df["target_fingerprint"].nunique()) if len(scores.df) else 0,
+                     "same": bool(len(scores.df) and scores.df["target_fingerprint"].nunique() == 1)},
         model=model, feature_rows=feature_rows, seeds=seeds, versions=versions,
         plan_record=meta.get("analysis_plan"), scenario=meta.get("scenario"), pdf_note=pdf_note,
         gate_status={g.name: g.status for g in result.gates},
         training_metadata=_training_metadata(meta.get("target") or {}),
         reconstruction=_reconstruction(run_folder), blackbox=_blackbox(run_folder), outputs=_outputs(run_folder), path_root=path_root,
-        glossary=GLOSSARY, bibliography=BIBLIOGRAPHY, declaration=DECLARATION, expert=expert_from_config(cfg),
+        glossary=GLOSSARY, bibliography=BIBLIOGRAPHY, declaration=declaration(proc), expert=expert_from_config(cfg),
         provenance=report_provenance(meta), exhibit=meta.get("inventory_exhibit"),
         thumbnails=_thumbnails(result, images, features, cfg),
     )
+
+
+#: the records a report is made from, quoted in its appendix by SHA-256 (config and run records are exhibits, not
+#: pages of YAML); the report's own derived numbers go to REPORT_RECORDS, whose SHA-256 the report prints
+EXHIBIT_FILES = ("config.yaml", "run.json", "plan.json", "committed_plan.json", "analysis.json", "scores.parquet",
+                 "images.parquet", "features.parquet", "rejected.json", "evidence_inventory.csv", "case.yaml")
+REPORT_RECORDS = "report_records.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def report_records(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None,
+                   rejected: list[dict[str, Any]], metadata: dict[str, Any], folder: str | Path | None = None
+                   ) -> dict[str, Any]:
+    """What the report derives from the run's records: the procedure record, the case record, the basis of the
+    comparison, the date diagnostic, and the exhibits (name, SHA-256, bytes) of ``folder``. Written next to the
+    report as ``report_records.json`` so that every number the report prints is in a sealed record."""
+    from audit.report.basis import basis_summary, date_diagnostic
+    from audit.report.case import load_case
+    from audit.report.procedure import procedure_record
+    from audit.report.texts import _git_commit
+    from audit.stats.analysis import collapse_scores
+
+    meta = {k: v for k, v in metadata.items() if k != "config_yaml"}
+    regenerated = bool(meta.get("regenerated_with"))
+    proc = procedure_record(meta, result.plan_sha256)
+    if not regenerated:  # the report is written by the run's own process: the tool tree is the run's
+        mark = _git_commit()
+        if mark and "uncommitted" in mark and not proc["tool_uncommitted"]:
+            proc["tool_uncommitted"].append(mark)
+    cfg = _config_values(metadata.get("config_yaml"))
+    case = load_case(cfg, folder, regenerated=regenerated)
+    basis = basis_summary(images, case, result.plan.control_role)
+    try:
+        per_work, _ = collapse_scores(scores, result.primary_attack)
+    except (KeyError, ValueError):
+        per_work = None
+    date = date_diagnostic(images, per_work, result.plan.control_role)
+    exhibits = []
+    source_seal = None
+    if folder is not None:
+        d = Path(folder)
+        for name in EXHIBIT_FILES:
+            f = d / name
+            if f.is_file() and not f.is_symlink():
+                exhibits.append({"name": name, "sha256": _sha256(f), "bytes": f.stat().st_size})
+        seal = d / "checksums.json"
+        if regenerated and seal.is_file():  # the seal of the data this report was regenerated from
+            source_seal = _sha256(seal)
+    return {"procedure": proc, "case": {k: case[k] for k in ("model", "selection", "stated", "origin", "exhibit")},
+            "basis": basis, "date_trend": date, "exhibits": exhibits, "source_seal": source_seal,
+            "near_duplicates": sum("near-duplicate" in str(r.get("reason", "")).lower() for r in rejected)}
+
+
+def _closed_p(result: AuditResult) -> dict[str, float | None]:
+    """image_id → closed-testing adjusted p-value of the per-work attack (analysis.json), when recorded."""
+    for ad in (result.to_dict().get("attacks") or []):
+        if ad.get("attack") == result.primary_attack:
+            return {w["image_id"]: w.get("p_closed") for w in ad.get("artworks") or [] if "p_closed" in w}
+    return {}
+
+
+def _alt_facts(result: AuditResult, records: dict[str, Any], rejected: list[dict[str, Any]]) -> dict[str, Any]:
+    """The facts :func:`audit.report.texts.alternative_explanations` words."""
+    def gate(name: str) -> dict[str, Any]:
+        g = result.gate(name)
+        return {"status": g.status, "summary": g.summary} if g is not None else {}
+
+    pc = result.gate("positive_control")
+    neg = None
+    if pc is not None and pc.details.get("p_nonmembers") is not None:
+        neg = (f"p = {format_p(pc.details['p_nonmembers'], result.plan.alpha)} for the {pc.details.get('n_nonmember')} "
+               "known non-training works against the controls.")
+    case = records.get("case") or {}
+    basis = records.get("basis") or {}
+    sel = case.get("selection") or {}
+    return {"blind": gate("blind_baseline"), "positive": gate("positive_control"), "negative": neg,
+            "strata": result.plan.strata[0] if result.plan.strata else None, "date": records.get("date_trend"),
+            "alpha": result.plan.alpha, "by_date": (sel.get("controls") or {}).get("by_date"),
+            "near_duplicates": records.get("near_duplicates", 0), "reconstruction": any(
+                a.attack.startswith("recon_") for a in result.attacks),
+            "calibrated": any("calibrated" in a.attack for a in result.attacks
+                              if a.attack in (result.plan.features or (result.primary_attack,))),
+            "selection": sel, "committed": records["procedure"].get("committed"), "cutoff": basis.get("cutoff"),
+            "n_flagged": basis.get("n_flagged", 0), "controls_without_basis": basis.get("controls_without_basis", 0)}
 
 
 def _thumbnails(result: AuditResult, images: pd.DataFrame | None, features: pd.DataFrame | None,
@@ -588,8 +712,8 @@ def _thumbnails(result: AuditResult, images: pd.DataFrame | None, features: pd.D
 # ---------------------------------------------------------------------------------------------- writers
 def _render(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
             metadata: dict[str, Any], features: pd.DataFrame | None = None, pdf_note: str | None = None,
-            run_folder: str | Path | None = None) -> str:
-    ctx = _context(result, scores, images, rejected, metadata, features, pdf_note, run_folder)
+            run_folder: str | Path | None = None, records: dict[str, Any] | None = None) -> str:
+    ctx = _context(result, scores, images, rejected, metadata, features, pdf_note, run_folder, records)
     return _env().get_template("report.html.j2").render(**ctx)
 
 
@@ -615,8 +739,16 @@ def render_html(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     exhibit = write_inventory_csv(images, out.parent / INVENTORY_CSV)
-    meta = dict(metadata, inventory_exhibit=exhibit) if exhibit else metadata
-    html = _render(result, scores, images, rejected, meta, features, pdf_note, run_folder)
+    meta = dict(metadata, inventory_exhibit=exhibit) if exhibit else dict(metadata)
+    records = report_records(result, scores, images, rejected, meta, out.parent)
+    from audit.io import write_json
+
+    write_json(out.parent / REPORT_RECORDS, records)
+    meta["records_seal"] = {"name": REPORT_RECORDS, "sha256": _sha256(out.parent / REPORT_RECORDS)}
+    html = _render(result, scores, images, rejected, meta, features, pdf_note, run_folder, records)
+    sha = metadata.get("analysis_sha256")
+    if isinstance(sha, str) and len(sha) == 64:  # binds the report to its analysis (checked by audit-verify)
+        html = html.replace("<head>", f'<head>\n<meta name="audit-analysis-sha256" content="{sha}">', 1)
     out.write_text(html, encoding="utf-8")
     return out
 

@@ -10,7 +10,9 @@ The features are computed at scoring time from the preprocessed evidence pixels 
 attacks saw) and the accepted-file records, and stored as ``features.parquet`` in the results folder,
 so the gate can be re-run from the results folder alone. The artwork's creation date is deliberately
 *not* a feature: controls are usually chosen by date (made after the training cutoff), so it differs
-by design and says nothing about whether the pictures themselves differ.
+by design and says nothing about whether the pictures themselves differ. What the date *can* show is whether
+the score moves with it among the works known not to be in training: :func:`date_trend` measures that, and the
+report shows it whenever the works are dated (the first confound to rule out when controls are chosen by date).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import pandas as pd
 
 from audit.types import EvidenceSet, ImageRecord
 
-__all__ = ["blind_features", "pixel_features", "metadata_features", "FEATURE_DESCRIPTIONS"]
+__all__ = ["blind_features", "pixel_features", "metadata_features", "FEATURE_DESCRIPTIONS", "decimal_years", "date_trend"]
 
 # Column → what it measures (shown in the report's methods section).
 FEATURE_DESCRIPTIONS: dict[str, str] = {
@@ -128,3 +130,60 @@ def blind_features(evidence: EvidenceSet, chunk: int = 256) -> pd.DataFrame:
     ids = pd.DataFrame({"image_id": [r.image_id for r in evidence.records],
                         "role": [r.role for r in evidence.records]})
     return pd.concat([ids, px, meta], axis=1)
+
+
+def decimal_years(dates: Iterable[str]) -> np.ndarray:
+    """Each date (YYYY, YYYY-MM or YYYY-MM-DD, as in a manifest) as a decimal year, NaN when empty or unreadable;
+    a partial date is taken at the middle of the period it names."""
+    from datetime import date
+
+    out = []
+    for text in dates:
+        parts = str(text or "").strip()[:10].split("-")
+        try:
+            y = int(parts[0])
+            if len(parts) == 1:
+                out.append(y + 0.5)
+                continue
+            m = int(parts[1])
+            d = int(parts[2]) if len(parts) > 2 else 15
+            day = date(y, m, d)
+        except (ValueError, IndexError):
+            out.append(math.nan)
+            continue
+        start = date(y, 1, 1).toordinal()
+        length = date(y + 1, 1, 1).toordinal() - start
+        out.append(y + (day.toordinal() - start) / length)
+    return np.asarray(out, dtype=float)
+
+
+def date_trend(years_s: np.ndarray, scores_s: np.ndarray, years_c: np.ndarray, scores_c: np.ndarray
+               ) -> dict | None:
+    """How much of the suspects-vs-controls score gap the works' dates alone could explain.
+
+    When controls are chosen by date (published after the model's data cutoff), the date separates the groups by
+    design, so it cannot enter the separability test of the blind baseline (that would fire on every such audit);
+    what can be checked is whether the *score* moves with the date among the works known not to be in training.
+    Among the controls: Spearman's rank correlation of score and date (two-sided p), and a least-squares line of
+    score on date; that line, evaluated at the suspects' dates, gives the gap in mean score that the date trend
+    alone predicts, beside the observed gap. ``extrapolated``: share of suspects dated outside the controls' range
+    (the trend is then carried where it was never observed). None when fewer than 3 dated works of either group.
+    """
+    from scipy import stats as st
+
+    ys, ss = np.asarray(years_s, float), np.asarray(scores_s, float)
+    yc, sc = np.asarray(years_c, float), np.asarray(scores_c, float)
+    ks, kc = np.isfinite(ys) & np.isfinite(ss), np.isfinite(yc) & np.isfinite(sc)
+    ys, ss, yc, sc = ys[ks], ss[ks], yc[kc], sc[kc]
+    if len(ys) < 3 or len(yc) < 3 or np.ptp(yc) == 0 or np.ptp(sc) == 0:
+        return None
+    rho, p = st.spearmanr(yc, sc)
+    slope, intercept = np.polyfit(yc, sc, 1)
+    predicted_gap = float(slope * (ys.mean() - yc.mean()))
+    observed_gap = float(ss.mean() - sc.mean())
+    outside = float(np.mean((ys < yc.min()) | (ys > yc.max())))
+    return {"n_suspect": int(len(ys)), "n_control": int(len(yc)), "rho": float(rho), "p_value": float(p),
+            "slope_per_year": float(slope), "predicted_gap": predicted_gap, "observed_gap": observed_gap,
+            "share_explained": float(predicted_gap / observed_gap) if observed_gap != 0 else None,
+            "extrapolated": outside, "suspect_years": [float(ys.min()), float(ys.max())],
+            "control_years": [float(yc.min()), float(yc.max())]}
