@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -88,11 +89,17 @@ def load_image_rgb(path: str | Path, *, max_side: int = 1024, max_pixels: int = 
     reduced to at most ``max_side``. The same checks, in the same order, as
     :func:`audit.data.images.validate_and_load` (which centre-crops to a square for the models).
 
+    The file is read once (a regular file only: no FIFO or device is opened for reading) and its bytes are hashed
+    (``info["sha256"]``) and decoded from memory, so the pixels matched are those of the bytes hashed.
+
     Raises :class:`audit.data.images.ImageRejected` with a one-line reason."""
     p = Path(path)
     _img._check_file(p)
+    data, sha = _img.read_regular_file(p)
+    if not data:
+        raise _img.ImageRejected("empty file (0 bytes)")
     try:
-        img = _img._open_header(p)
+        img = _img._open_header(io.BytesIO(data))
     except UnidentifiedImageError:
         raise _img.ImageRejected("not an image file: cannot identify image data") from None
     except Exception as e:
@@ -107,7 +114,7 @@ def load_image_rgb(path: str | Path, *, max_side: int = 1024, max_pixels: int = 
         if w * h > max_pixels:
             raise _img.ImageRejected(f"image too large: {w}x{h} = {_img._mpx(w * h)} exceeds limit "
                                      f"{_img._limit_str(max_pixels)} (possible decompression bomb)")
-        info = {"width": int(w), "height": int(h), "format": "JPEG" if fmt == "MPO" else fmt}
+        info = {"width": int(w), "height": int(h), "format": "JPEG" if fmt == "MPO" else fmt, "sha256": sha}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -200,18 +207,17 @@ def read_outputs(spec: str | Path, *, max_side: int = 1024, max_pixels: int = _i
     for r in rows:
         path = str(r["path"])
         try:
-            sha = _img.sha256_file(path)
-        except OSError:
-            sha = None
-        if sha is not None and sha in seen:
-            refused.append(OutputRefusal(path, f"duplicate: byte-identical to {seen[sha]} (counted once)", sha))
-            continue
-        try:
             arr, info = load_image_rgb(path, max_side=max_side, max_pixels=max_pixels)
-            if sha is None:
-                raise _img.ImageRejected("file could not be hashed (changed or unreadable while loading)")
         except _img.ImageRejected as e:
+            try:  # the refused file's hash still identifies what was refused
+                sha = _img.sha256_file(path)
+            except (OSError, _img.ImageRejected):
+                sha = None
             refused.append(OutputRefusal(path, e.reason, sha))
+            continue
+        sha = info["sha256"]
+        if sha in seen:
+            refused.append(OutputRefusal(path, f"duplicate: byte-identical to {seen[sha]} (counted once)", sha))
             continue
         seen[sha] = path
         records.append(OutputRecord(sha256=sha, path=path, **{k: str(r.get(k) or "") for k in COLUMNS[1:]},

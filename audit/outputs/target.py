@@ -148,10 +148,9 @@ class OutputsTarget:
             path = rec.resolved_path or rec.path
             arr = None
             if path and Path(path).is_file():
-                sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-                if sha != rec.image_id:
+                arr, info = load_image_rgb(path, max_side=side, max_pixels=self.settings["max_pixels"])
+                if info["sha256"] != rec.image_id:
                     raise OutputsConfigError(f"work {rec.path} changed since it was hashed (SHA-256 differs)")
-                arr, _ = load_image_rgb(path, max_side=side, max_pixels=self.settings["max_pixels"])
             if arr is None:
                 arr = evidence.pixels[k].permute(1, 2, 0).numpy()
             if max(arr.shape[:2]) < side:  # small works are compared at the working size
