@@ -153,7 +153,7 @@ def _bad_files(folder: Path) -> list[str]:
     ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
     chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
     (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-    (folder / "dup.jpg").write_bytes((folder / "truncated.jpg").read_bytes()[:0] + good)
+    (folder / "dup.jpg").write_bytes(good)
     (folder / "dup2.jpg").write_bytes(good)
     return ["truncated.jpg,https://x.example/1,,,,", "notes.png,,,,,", "bomb.png,,,,,", "missing.jpg,,,,,",
             "dup.jpg,,,,,", "dup2.jpg,,,,,"]
@@ -290,3 +290,34 @@ def test_capture_provenance_travels_into_report_and_seal(outputs_run):
         assert not res.ok and any("outputs.json" in str(x) for x in res.problems)
     finally:
         p.write_bytes(saved)
+
+
+def test_embedding_statistic_loads_a_local_encoder_offline(tmp_path):
+    """out_embed: a local image encoder folder (safetensors), never a download; refuses anything else in one line."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    from audit.attacks.base import AttackSetupError
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=8)).save_pretrained(tmp_path / "enc", safe_serialization=True)
+    works = _works(tmp_path / "works", 6, size=64)
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    (outs / "copy.png").write_bytes(works[2].read_bytes())
+    Image.fromarray(render_artwork("rings", 3, size=64, seed=9)).save(outs / "other.png")
+    target = OutputsTarget(str(outs), work_side=64)
+    ev = _evidence(works, ["suspect"] + ["control"] * 5)
+    from audit.attacks.base import Batch, NoiseSource
+
+    stat = STATISTICS["out_embed"](model=str(tmp_path / "enc"))
+    stat.check_target(target)
+    target.use_evidence(ev)
+    ids = [r.image_id for r in ev.records]
+    s = stat.score(target, Batch(x0=None, cond=None, captions=[""] * 6, image_ids=ids,
+                                 noise_source=NoiseSource(0, ids))).numpy()
+    assert s[2] == pytest.approx(1.0, abs=1e-4) and s.argmax() == 2
+    assert target.matches["out_embed"][ids[2]]["output_sha256"] == target.collection.records[0].sha256
+    with pytest.raises(AttackSetupError, match="local folder"):
+        STATISTICS["out_embed"](model="facebook/dinov2-small").check_target(target)

@@ -57,7 +57,7 @@ class LocalEmbedder:
         else:
             mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
             std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-            px = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(a).resize((self.size, self.size),
+            px = torch.stack([torch.from_numpy(np.array(Image.fromarray(a).resize((self.size, self.size),
                                                                                      Image.Resampling.BICUBIC)))
                               .permute(2, 0, 1).float() / 255.0 for a in images])
             px = (px - mean) / std
