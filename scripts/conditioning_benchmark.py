@@ -85,7 +85,7 @@ def main() -> None:
             mem = np.array([v for k, v in s[att].items() if roles[k] == "member"])
             non = np.array([v for k, v in s[att].items() if roles[k] == "nonmember"])
             auc = auc_with_ci(mem, non)
-            res[att] = {"auc": float(auc.auc), "ci": [float(auc.low), float(auc.high)],
+            res[att] = {"auc": float(auc.auc), "ci": [float(auc.lo), float(auc.hi)],
                         "by_n": _power(mem, non, a.draws)}
         results[name] = res
     audits = {} if a.no_audit else _audits(td, out)

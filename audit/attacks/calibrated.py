@@ -40,6 +40,8 @@ from audit.attacks.base import Attack, AttackSetupError, Batch, NoiseSource
 from audit.targets.base import Target
 
 MISSING = (None, "", "???")
+# conditioning the reference takes over from the target: what was set for it, not what its own config gave
+INHERITED = ("option", "training metadata")
 
 
 def reference_batch(reference: Target, batch: Batch) -> Batch:
@@ -110,10 +112,10 @@ class Calibrated(Attack):
                 )
             kwargs = dict(self.reference)
             resolved = (getattr(getattr(target, "info", None), "conditioning", None) or {}) if target else {}
-            for key in CONDITIONING_OPTIONS:
-                value = (resolved.get(key) or {}).get("value")
-                if kwargs.get(key) is None and value is not None:
-                    kwargs[key] = value
+            for key in CONDITIONING_OPTIONS:  # what the user or the LoRA's metadata set (defaults are the model's own)
+                c = resolved.get(key) or {}
+                if kwargs.get(key) is None and c.get("value") is not None and c.get("source") in INHERITED:
+                    kwargs[key] = c["value"]
             try:
                 self._reference_target = load_target(**kwargs)
             except TargetLoadError as e:

@@ -254,10 +254,10 @@ def base_for(target: Target, base_cfg: dict[str, Any] | None) -> Target:
                              "(a full fine-tune's public base, e.g. the value of target.base)")
         kwargs["source"] = target.info.source
         kwargs.setdefault("local_files_only", True)
-    for key in CONDITIONING_OPTIONS:
-        value = ((target.info.conditioning or {}).get(key) or {}).get("value")
-        if kwargs.get(key) is None and value is not None:
-            kwargs[key] = value
+    for key in CONDITIONING_OPTIONS:  # what the user or the metadata set for the target (not its config defaults)
+        c = (target.info.conditioning or {}).get(key) or {}
+        if kwargs.get(key) is None and c.get("value") is not None and c.get("source") in ("option", "training metadata"):
+            kwargs[key] = c["value"]
     kwargs.setdefault("device", str(target.device))
     kwargs.setdefault("dtype", str(target.dtype).replace("torch.", ""))
     return load_target(**kwargs)
