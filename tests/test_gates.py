@@ -124,14 +124,17 @@ def test_placebo_fpr_is_at_most_alpha_for_the_valid_tests(test):
     assert abs(d["at_alpha"]["rate"] - plan.alpha) < 0.025
 
 
-def test_placebo_gate_fails_for_an_anticonservative_test(monkeypatch):
-    """A test whose p-values are half what they should be rejects twice as often: the gate must see it."""
+def test_placebo_self_test_reports_an_anticonservative_test_without_withholding(monkeypatch):
+    """A test whose p-values are half what they should be rejects twice as often: the self-test must see it."""
     real = G._batch_pvalues
     monkeypatch.setattr(G, "_batch_pvalues", lambda *a, **k: real(*a, **k) / 2)
     res = analyze(_table(15, 200, 1.0), None, AnalysisPlan(n_permutations=99, n_bootstrap=50, n_placebo=1000))
     g = res.gate("placebo")
-    assert g.status == "fail" and g.details["at_alpha"]["lo"] > 0.05
-    assert res.verdict.decision == "withheld" and res.verdict.failed_gates == ["placebo"]
+    # the self-test sees it and says so, but it is a self-test: it never withholds the verdict (random splits of
+    # one control set cannot show that the controls are an invalid null, and at 0.05 it would withhold valid
+    # audits by chance)
+    assert g.details["self_test_outside"] and g.details["at_alpha"]["lo"] > 0.05
+    assert g.status == "pass" and "reported" in g.summary and "placebo" not in res.verdict.failed_gates
 
 
 def test_placebo_not_run_without_enough_controls():

@@ -57,8 +57,21 @@ def test_holm_and_bh_match_hand_computation_and_fallback():
     np.testing.assert_allclose(benjamini_hochberg(p), [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])
     rng = np.random.default_rng(0)
     q = np.round(rng.uniform(size=50), 2)  # ties included
-    np.testing.assert_allclose(T._adjust_fallback(q, "holm"), holm(q))
-    np.testing.assert_allclose(T._adjust_fallback(q, "fdr_bh"), benjamini_hochberg(q))
+    from statsmodels.stats.multitest import multipletests
+
+    for method, fn in (("holm", holm), ("fdr_bh", benjamini_hochberg), ("hommel", T.hommel)):
+        for x in (q, rng.uniform(size=30) ** 3, np.array([0.5]), np.array([0.01, 0.01, 0.9])):
+            np.testing.assert_allclose(fn(x), multipletests(x, method=method)[1], atol=1e-15)
+
+
+def test_hommel_names_no_fewer_than_holm_and_never_more_than_the_bound():
+    """Per-work claims and the "at least k of n" bound come from one closed-testing procedure."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        m = int(rng.integers(1, 30))
+        p = np.where(rng.random(m) < 0.5, rng.random(m) * 0.01, rng.random(m))
+        named = int((T.hommel(p) <= 0.05).sum())
+        assert (holm(p) <= 0.05).sum() <= named <= T.true_discovery_bound(p, 0.05)
 
 
 @pytest.mark.parametrize("alpha,n_tests", [(0.05, 40), (0.01, 40), (0.05, 1), (0.1, 7)])

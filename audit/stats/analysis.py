@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 TestName = Literal["auto", "mann_whitney", "permutation", "crossfit", "van_elteren"]
+ADJUSTMENTS: tuple[str, ...] = ("none", "features")
 
 # How each test is named in verdict sentences and the report (one-sided form; see test_label()).
 TEST_LABELS: dict[str, str] = {
@@ -107,8 +108,19 @@ class AnalysisPlan:
     ci_level: float = 0.95  # confidence level of every interval
     storey_lambda: float = 0.5  # λ of Storey's π̂₀ (share of p-values above λ)
     gates: tuple[str, ...] = GATES  # validity gates to run (a failed gate withholds the verdict)
+    # Level at which a validity gate withholds the verdict. Each withholding gate run at level a withholds about
+    # a of all *valid* audits (results/gating/), so it is set below alpha: 0.01 per gate keeps the share of valid
+    # audits withheld by chance at <= 2% over the default gates, while the difficulty adjustment (adjust) keeps
+    # a model-free shift from becoming a conviction.
+    gate_alpha: float = 0.01
+    # Difficulty adjustment of every score before testing: "features" replaces each work's score by its residual
+    # after a cross-fitted ridge regression on the model-free image features, fitted on all works without their
+    # roles (exactly valid under exchangeability); "none" tests the raw scores.
+    adjust: str = "none"
     n_placebo: int = 1000  # random placebo splits of the controls
-    n_power_resamples: int = 1000  # member resamples for the positive control's measured power
+    n_power_resamples: int = 1000  # member resamples for the positive control's measured power (and the
+    # negative control's false-positive rate); a cross-fitted statistic compares each resample with one null of
+    # crossfit_permutations relabellings of the controls
     power_target: float = 0.8  # power the power analysis solves for
     # Manifest column that stratifies the works (e.g. artist): the set-level test compares suspects with controls
     # of their own stratum only (van Elteren's stratified rank test, or within-stratum permutations for a feature
@@ -163,6 +175,10 @@ class AnalysisPlan:
             raise ValueError(f"fpr_levels must lie in (0, 1), got {self.fpr_levels}")
         if not 0.0 <= self.storey_lambda < 1.0 or not 0.0 < self.power_target < 1.0 or not 0 < self.ci_level < 1:
             raise ValueError("storey_lambda must be in [0, 1); power_target and ci_level in (0, 1)")
+        if not 0.0 < float(self.gate_alpha) < 1.0:
+            raise ValueError(f"gate_alpha must be in (0, 1), got {self.gate_alpha}")
+        if self.adjust not in ADJUSTMENTS:
+            raise ValueError(f"adjust must be one of {list(ADJUSTMENTS)}, got {self.adjust!r}")
         gates = tuple(str(g) for g in self.gates)
         unknown = sorted(set(gates) - set(GATES))
         if unknown:

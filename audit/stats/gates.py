@@ -157,15 +157,24 @@ def run_primary(plan: "AnalysisPlan", s: np.ndarray, c: np.ndarray, names: tuple
     return mann_whitney(s, c, plan.alternative, n_resamples=plan.n_permutations, seed=seed), None
 
 
-def _batch_pvalues(plan: "AnalysisPlan", S: np.ndarray, C: np.ndarray, seed: int,
+def _batch_pvalues(plan: "AnalysisPlan", S: np.ndarray, C: np.ndarray, seed: int | None = None,
                    s_strata: np.ndarray | None = None, c_strata: np.ndarray | None = None) -> np.ndarray:
     """Primary-test p-values of single-feature rows (``S`` [R, n_s] vs ``C`` [R, n_c] or [n_c]); for a
-    stratified plan with the strata of those works (same shapes)."""
+    stratified plan with the strata of those works (same shapes). Each row's p-value is exactly the value the
+    primary test (:func:`run_primary`: same test, ``plan.n_permutations``, seed ``plan.seed``) gives that row."""
+    seed = plan.seed if seed is None else seed
     if plan.test == "van_elteren":
-        return van_elteren_batch(S, C, s_strata, c_strata, 999, seed, plan.alternative)
+        return van_elteren_batch(S, C, s_strata, c_strata, plan.n_permutations, seed, plan.alternative)
     if plan.test == "permutation":
-        return permutation_pvalues_batch(S, C, plan.n_permutations, seed, plan.alternative)
-    return mann_whitney_batch(S, C, plan.alternative, n_resamples=999, seed=seed)
+        S2 = np.atleast_2d(S)
+        n_s = S2.shape[1]
+        n_c = np.asarray(C).shape[-1]
+        if math.comb(n_s + n_c, n_s) > plan.n_permutations and min(n_s, n_c) > 1:
+            return permutation_pvalues_batch(S2, C, plan.n_permutations, seed, plan.alternative)
+        Cb = np.broadcast_to(np.asarray(C, float), (S2.shape[0], n_c))
+        return np.array([permutation_test(S2[r], Cb[r], plan.n_permutations, seed, plan.alternative).p_value
+                         for r in range(S2.shape[0])])
+    return mann_whitney_batch(S, C, plan.alternative, n_resamples=plan.n_permutations, seed=seed)
 
 
 def _rate(pvals: np.ndarray, alpha: float, level: float) -> dict[str, float]:
@@ -265,31 +274,38 @@ def blind_baseline_gate(features: pd.DataFrame | None, suspect_ids: list[str], c
             p_aligned, r2, pred = _score_aligned_blind_test(Fz, y, len(s_ids), plan.crossfit_folds,
                                                             plan.seed + 103, plan.seed + 104)
             if ss is not None:  # within strata, like the primary test
-                p_aligned = van_elteren_test(pred[:len(s_ids)], pred[len(s_ids):], ss, cs, 999, plan.seed + 104
-                                             ).p_value
+                p_aligned = van_elteren_test(pred[:len(s_ids)], pred[len(s_ids):], ss, cs, plan.n_permutations,
+                                             plan.seed + 104).p_value
             details.update(p_aligned=p_aligned, r2_aligned=r2)
             aligned_txt = (f"; the primary score predicted from these features alone (cross-fitted ridge, out-of-fold "
-                           f"R² {r2:.2f}) is {'higher' if p_aligned <= plan.alpha else 'not higher'} for the suspects "
-                           f"(one-sided p = {_fmt(p_aligned, plan.alpha)})")
-    fail_omni = p_omni <= plan.alpha
-    fail_aligned = p_aligned is not None and p_aligned <= plan.alpha
-    details["p_value"] = min(p_omni, p_aligned) if p_aligned is not None else p_omni
-    if fail_omni or fail_aligned:
+                           f"R² {r2:.2f}) is compared between suspects and controls (one-sided p = "
+                           f"{_fmt(p_aligned)})")
+    # One gate, one test: the two sub-tests are combined by Bonferroni (p = min(1, 2·min(p_a, p_b))), and the
+    # gate withholds at plan.gate_alpha — each withholding gate at level a withholds about a of valid audits.
+    n_sub = 2 if p_aligned is not None else 1
+    p_gate = min(1.0, n_sub * (min(p_omni, p_aligned) if p_aligned is not None else p_omni))
+    level = plan.gate_alpha
+    details.update(p_value=p_gate, p_gate=p_gate, gate_alpha=level, n_subtests=n_sub,
+                   stratified=bool(ss is not None))
+    within = (f" within {plan.strata[0]} (each suspect against controls of its own {plan.strata[0]})"
+              if ss is not None else "")
+    if p_gate <= level:
         why = []
-        if fail_omni:
-            why.append(f"they separate the suspects from the controls (cross-fitted out-of-fold AUC {cf.auc:.3f}, "
-                       f"p = {_fmt(p_omni, plan.alpha)} ≤ α = {plan.alpha:g}; largest differences: {top})")
-        if fail_aligned:
-            why.append(f"they predict a higher primary score for the suspects than for the controls (p = "
-                       f"{_fmt(p_aligned, plan.alpha)} ≤ α = {plan.alpha:g}, out-of-fold R² "
-                       f"{details['r2_aligned']:.2f})")
+        if p_omni * n_sub <= level:
+            why.append(f"they separate the suspects from the controls{within} (cross-fitted out-of-fold AUC "
+                       f"{cf.auc:.3f}, p = {_fmt(p_omni)}; largest differences: {top})")
+        if p_aligned is not None and p_aligned * n_sub <= level:
+            why.append(f"they predict a higher primary score for the suspects than for the controls{within} (p = "
+                       f"{_fmt(p_aligned)}, out-of-fold R² {details['r2_aligned']:.2f})")
         return _gate(name, "fail",
-                     "Model-free image features alone: " + "; and ".join(why) + ". The controls differ from the "
-                     "suspects in ways that have nothing to do with the model, so they are not a valid null for them.",
+                     "Model-free image features alone: " + "; and ".join(why) + f" (combined gate p = "
+                     f"{_fmt(p_gate, level)} ≤ {level:g}, the gate's level). The controls differ from the suspects in "
+                     "ways that have nothing to do with the model, so they are not a valid null for them.",
                      **details)
     return _gate(name, "pass",
-                 f"Model-free image features do not separate the suspects from the controls (cross-fitted "
-                 f"out-of-fold AUC {cf.auc:.3f}, p = {_fmt(p_omni, plan.alpha)} > α = {plan.alpha:g}){aligned_txt}.",
+                 f"Model-free image features do not separate the suspects from the controls{within} (cross-fitted "
+                 f"out-of-fold AUC {cf.auc:.3f}, p = {_fmt(p_omni)}){aligned_txt}; combined gate p = "
+                 f"{_fmt(p_gate, level)} > {level:g}, the gate's level.",
                  **details)
 
 
@@ -301,13 +317,37 @@ def _strata_of(strata: dict[str, str] | None, ids: list[str]) -> list[str] | Non
     return None if any(v is None for v in out) else [str(v) for v in out]
 
 
+def _split_draws(rng: np.random.Generator, M: int, n_c: int, n_s: int, c_strata: list[str] | None,
+                 s_strata: list[str] | None) -> np.ndarray:
+    """``[M, n_c]`` orders of the controls whose first ``n_s`` entries are the pseudo-suspects. With strata, the
+    pseudo-suspects of each split have the suspects' per-stratum counts (capped so that every stratum keeps at
+    least one control), so the split mimics the design the primary test is run on."""
+    if c_strata is None or s_strata is None:
+        return np.argsort(rng.random((M, n_c)), axis=1)
+    cs = np.asarray(c_strata, dtype=str)
+    want = pd.Series(list(s_strata)).value_counts()
+    out = np.empty((M, n_c), dtype=int)
+    picks, rest = [], []
+    for g in np.unique(cs):
+        idx = np.flatnonzero(cs == g)
+        k = int(min(want.get(g, 0), idx.size - 1))
+        order = idx[np.argsort(rng.random((M, idx.size)), axis=1)]
+        picks.append(order[:, :k])
+        rest.append(order[:, k:])
+    out[:] = np.concatenate(picks + rest, axis=1)
+    return out
+
+
 def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str] | None = None,
                  stratum_name: str = "artist", plan_strata: dict[str, str] | None = None) -> GateResult:
-    """(a) Implementation check: ``plan.n_placebo`` random splits of the controls into ``n_suspect``
-    pseudo-suspects and the rest, the primary test on each, empirical FPR at α with a Clopper–Pearson
-    interval. (b) Leave-one-stratum-out, when ``strata`` maps control image ids to a stratum (e.g. artist)
-    with ≥ 2 strata: each stratum's controls against the other controls with the primary test. A stratified
-    plan (``plan_strata``) compares works within their stratum only, so (b) does not apply to it."""
+    """(a) Implementation self-test: ``plan.n_placebo`` random splits of the controls into pseudo-suspects (the
+    suspect set's size; with a stratified plan, its per-stratum counts) and the rest, the primary test on each,
+    empirical FPR at α with a Clopper–Pearson interval. Random splits of one control set are exchangeable by
+    construction, so (a) checks the software and the test's calibration only: it is reported, never withholds
+    (a self-test at level 0.05 would withhold about 2.5% of valid audits by chance alone). (b)
+    Leave-one-stratum-out, when ``strata`` maps control image ids to a stratum (e.g. artist) with ≥ 2 strata and
+    the plan is not stratified: each stratum's controls against the other controls with the primary test; the
+    gate withholds when Simes' combination of these p-values is ≤ ``plan.gate_alpha``. A stratified plan compares works within their stratum only, so (b) does not apply."""
     name = "placebo"
     c = data.values.get(plan.control_role)
     n_s, n_c = data.n("suspect"), data.n(plan.control_role)
@@ -317,38 +357,52 @@ def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str]
                      f"pseudo-suspect set of the suspect set's size ({n_s}) and at least {min_rest} pseudo-control(s).")
     M = plan.n_placebo
     rng = np.random.default_rng(plan.seed + 202)
+    ids_c = data.ids.get(plan.control_role)
+    cst = _strata_list(plan_strata if plan.strata else None, ids_c, "control")
+    sst = _strata_list(plan_strata if plan.strata else None, data.ids.get("suspect"), "suspect")
+    order = _split_draws(rng, M, n_c, n_s, cst, sst)
     if data.multi:
         Xs, kept, _ = _standardise(c, list(data.names))
         k = crossfit_folds(n_s, n_c - n_s, plan.crossfit_folds)
         if k < 2:
             return _gate(name, "not_run", "Too few controls for a cross-fitted placebo split.")
-        stats_ = crossfit_null(Xs, n_s, M, k, plan.seed + 203, nonneg=True, fold_seed=plan.seed + 206)
+        codes = None if cst is None else np.unique(np.asarray(cst), return_inverse=True)[1]
+        Y = np.zeros((M, n_c), dtype=int)
+        np.put_along_axis(Y, order[:, :n_s], 1, axis=1)
+        stats_ = np.concatenate([_crossfit_rows(Xs, Y[a:a + 100], k, plan.seed + 206, codes)
+                                 for a in range(0, M, 100)])
         ref = crossfit_null(Xs, n_s, plan.crossfit_permutations, k, plan.seed + 204, nonneg=True,
-                            fold_seed=plan.seed + 206)
+                            fold_seed=plan.seed + 206, labels=Y[0] if codes is not None else None,
+                            strata=codes)
         pvals = crossfit_pvalues_from_null(stats_, ref, plan.alternative)
         method = (f"each split's out-of-fold AUC is compared with {plan.crossfit_permutations} relabellings of the "
-                  "same pooled controls (shared across splits: the pooled data are identical for every split)")
+                  "same pooled controls (one reference null shared by all splits, whose own Monte-Carlo error the "
+                  "interval does not include)")
     else:
-        order = np.argsort(rng.random((M, n_c)), axis=1)
         S, C = c[order[:, :n_s]], c[order[:, n_s:]]
-        cs = _strata_list(plan_strata, data.ids.get(plan.control_role), "control")
-        cs = None if cs is None else np.asarray(cs, dtype=str)
-        pvals = _batch_pvalues(plan, S, C, plan.seed + 205, None if cs is None else cs[order[:, :n_s]],
+        cs = None if cst is None else np.asarray(cst, dtype=str)
+        pvals = _batch_pvalues(plan, S, C, None, None if cs is None else cs[order[:, :n_s]],
                                None if cs is None else cs[order[:, n_s:]])
-        method = "each split is tested exactly as the suspects are"
+        method = "each split is tested exactly as the suspects are (same test, permutations and seed)"
     at_alpha = _rate(pvals, plan.alpha, plan.ci_level)
     curve = [_rate(pvals, a, plan.ci_level) for a in sorted(set(PLACEBO_ALPHAS) | {plan.alpha})]
     details: dict[str, Any] = dict(
         n_placebo=M, n_pseudo_suspect=n_s, n_pseudo_control=n_c - n_s, p_values=pvals, at_alpha=at_alpha,
-        curve=curve, method=method, alpha=plan.alpha, ci_level=plan.ci_level,
+        curve=curve, method=method, alpha=plan.alpha, ci_level=plan.ci_level, gate_alpha=plan.gate_alpha,
+        self_test_withholds=False,
         purpose=("Random splits of one control set are exchangeable by construction, so this part checks the "
-                 "implementation and the test's calibration, not whether the controls are a valid null."))
-    txt = (f"Implementation check: {at_alpha['k']} of {M} random splits of the controls ({n_s} pseudo-suspects vs "
-           f"{n_c - n_s}) were rejected at α = {plan.alpha:g}: empirical false-positive rate {at_alpha['rate']:.3f} "
-           f"({plan.ci_level * 100:g}% Clopper–Pearson CI {at_alpha['lo']:.3f}–{at_alpha['hi']:.3f})")
-    impl_fail = at_alpha["lo"] > plan.alpha
-    txt += (", entirely above α: the test is anti-conservative on these controls" if impl_fail
-            else ", consistent with a rate of at most α")
+                 "implementation and the test's calibration, not whether the controls are a valid null; it is "
+                 "reported and never withholds the verdict."))
+    txt = (f"Implementation self-test (reported, never withholds): {at_alpha['k']} of {M} random splits of the "
+           f"controls ({n_s} pseudo-suspects vs {n_c - n_s}) were rejected at α = {plan.alpha:g}: empirical "
+           f"false-positive rate {at_alpha['rate']:.3f} ({plan.ci_level * 100:g}% Clopper–Pearson CI "
+           f"{at_alpha['lo']:.3f}–{at_alpha['hi']:.3f})")
+    off = at_alpha["lo"] > plan.alpha
+    details["self_test_outside"] = bool(off)
+    txt += (", above α; an interval this high arises by chance in a few percent of valid audits"
+            + (" and, for a cross-fitted statistic, also from the shared reference null's own Monte-Carlo error"
+               if data.multi else "") + ", so it is reported for inspection, not taken as a finding about the "
+            "controls" if off else ", consistent with a rate of at most α")
     # (b) leave-one-stratum-out
     strat_fail = False
     labels = _strata_of(strata, data.ids.get(plan.control_role, []))
@@ -367,22 +421,27 @@ def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str]
             rest = np.setdiff1d(np.arange(n_c), idx)
             if idx.size < 2 or rest.size < 2:
                 continue
-            ids_c = data.ids[plan.control_role]
             t, _ = run_primary(plan, c[idx], c[rest], data.names, seed_offset=207,
                                s_ids=[ids_c[i] for i in idx], c_ids=[ids_c[i] for i in rest], strata=plan_strata)
             rows.append({"stratum": g, "n": int(idx.size), "n_rest": int(rest.size), "p_value": float(t.p_value),
-                         "statistic": float(t.statistic), "rejected": bool(t.p_value <= plan.alpha)})
+                         "statistic": float(t.statistic), "rejected": bool(t.p_value <= plan.gate_alpha)})
         if len(rows) >= 2:
+            # one test over all strata: Simes' combination of the per-stratum p-values (valid under positive
+            # dependence), withholding at the gate's level
             k_rej = sum(r["rejected"] for r in rows)
             lo, hi = clopper_pearson(k_rej, len(rows), plan.ci_level)
-            strat_fail = lo > plan.alpha
-            details["strata"] = dict(column=stratum_name, rows=rows, k=k_rej, n=len(rows), lo=lo, hi=hi)
-            txt += (f". Leave-one-{stratum_name}-out: the controls of {k_rej} of {len(rows)} {stratum_name} strata "
-                    f"were rejected against the other controls at α = {plan.alpha:g} (rate {k_rej / len(rows):.2f}, "
-                    f"{plan.ci_level * 100:g}% CI {lo:.2f}–{hi:.2f})")
-            txt += (f", entirely above α: the controls' scores depend on {stratum_name}, so a suspect set of one "
-                    f"{stratum_name} may look member-like for that reason alone; compare suspects with controls of "
-                    f"their own {stratum_name}" if strat_fail else ", consistent with a rate of at most α")
+            pv = np.sort([r["p_value"] for r in rows])
+            tail = float(min(1.0, (len(pv) * pv / np.arange(1, len(pv) + 1)).min()))
+            strat_fail = tail <= plan.gate_alpha
+            details["strata"] = dict(column=stratum_name, rows=rows, k=k_rej, n=len(rows), lo=lo, hi=hi,
+                                     p_simes=tail, level=plan.gate_alpha)
+            txt += (f". Leave-one-{stratum_name}-out: the controls of each {stratum_name} against the other controls; "
+                    f"{k_rej} of {len(rows)} {stratum_name} strata score higher at the gate's level "
+                    f"{plan.gate_alpha:g}, combined (Simes) p = {_fmt(tail, plan.gate_alpha)}")
+            txt += (f", at most {plan.gate_alpha:g}, the gate's level: the controls' scores depend on "
+                    f"{stratum_name}, so a suspect set of one {stratum_name} may look member-like for that reason "
+                    f"alone; compare suspects with controls of their own {stratum_name}" if strat_fail
+                    else f", above {plan.gate_alpha:g}, the gate's level")
         else:
             details["strata"] = dict(column=stratum_name, rows=rows, k=None, n=len(rows))
             txt += (f". Leave-one-{stratum_name}-out was not run: fewer than 2 {stratum_name} strata have at least 2 "
@@ -390,7 +449,13 @@ def placebo_gate(data: PrimaryData, plan: "AnalysisPlan", strata: dict[str, str]
     else:
         txt += (f". No stratum (e.g. {stratum_name}) is recorded for the controls, so the check that can detect "
                 "structure in them (leave-one-stratum-out) was not run")
-    return _gate(name, "fail" if (impl_fail or strat_fail) else "pass", txt + ".", **details)
+    return _gate(name, "fail" if strat_fail else "pass", txt + ".", **details)
+
+
+def _crossfit_rows(Xs: np.ndarray, Y: np.ndarray, folds: int, fold_seed: int, codes: np.ndarray | None) -> np.ndarray:
+    from audit.stats.tests import _crossfit_batch
+
+    return _crossfit_batch(Xs, Y, folds, fold_seed, 1.0, True, codes)[0]
 
 
 # ---------------------------------------------------------------------------------------------- positive control
@@ -424,25 +489,18 @@ def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan", plan_strata: 
                                    auc_members=float(auc), detected=bool(detected), alpha=plan.alpha)
     size = max(n_s, 1)
     k = size if n_m >= 2 * size else n_m // 2
-    if data.multi:
-        pw_approx = noether_power(auc, size, n_c, plan.alpha, plan.alternative)
-        details.update(power={"rate": pw_approx, "lo": None, "hi": None, "size": size}, power_method="noether")
-        power_txt = (f"at the suspect set's size ({size}) the approximate power (Noether, from the known members' "
-                     f"out-of-fold AUC {auc:.3f}) is {pw_approx * 100:.0f}%")
-    elif k < 2:
+    ms = _strata_list(plan_strata if plan.strata else None, ids_m, "member")
+    cs = _strata_list(plan_strata if plan.strata else None, ids_c, "control")
+    if k < 2:
         details.update(power=None, power_method="not_measured")
         power_txt = (f"power could not be measured: subsets of {n_m} known members would all be nearly the same "
                      "works (at least 4 are needed)")
     else:
         R = plan.n_power_resamples
-        rng = np.random.default_rng(plan.seed + 304)
-        idx = np.argsort(rng.random((R, n_m)), axis=1)[:, :k]
-        ms = _strata_list(plan_strata if plan.strata else None, ids_m, "member")
-        cs = _strata_list(plan_strata if plan.strata else None, ids_c, "control")
-        pv = _batch_pvalues(plan, m[idx], c, plan.seed + 305, None if ms is None else np.asarray(ms)[idx], cs)
+        pv, how = resampled_pvalues(plan, data, m, ms, c, cs, k, R, plan.seed + 304)
         pw = _rate(pv, plan.alpha, plan.ci_level)
         details.update(power={**pw, "size": k}, p_values=pv, resamples=R, with_replacement=False,
-                       power_method="subsampled", subset_size=k)
+                       power_method="subsampled", subset_size=k, power_how=how)
         at = (f"at the suspect set's size ({k})" if k == size else
               f"at {k} works (half the known members; the suspect set has {size}, so this is a lower bound "
               "for the same effect)")
@@ -451,16 +509,25 @@ def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan", plan_strata: 
                      f"{pw['lo'] * 100:.1f}–{pw['hi'] * 100:.1f}%: simulation noise only, not the uncertainty of "
                      "which members happened to be known)")
     nm = data.values.get("nonmember")
+    nt = None
     if nm is not None and data.n("nonmember") >= 2 and plan.control_role != "nonmember":
         try:
             nt, _ = run_primary(plan, nm, c, data.names, seed_offset=306, s_ids=data.ids.get("nonmember"), c_ids=ids_c,
                                 strata=plan_strata)
         except ValueError:  # e.g. no nonmember shares a stratum with the controls
             nt = None
-    else:
-        nt = None
     if nt is not None:
         details.update(p_nonmembers=nt.p_value, n_nonmember=data.n("nonmember"))
+        # negative control as a rate: subsets of the known nonmembers of the suspect set's size vs the controls
+        n_nm = data.n("nonmember")
+        kn = size if n_nm >= 2 * size else n_nm // 2
+        if kn >= 2:
+            nms = _strata_list(plan_strata if plan.strata else None, data.ids.get("nonmember"), "nonmember")
+            try:
+                pn, how_n = resampled_pvalues(plan, data, nm, nms, c, cs, kn, plan.n_power_resamples, plan.seed + 307)
+                details["negative_control"] = {**_rate(pn, plan.alpha, plan.ci_level), "size": kn, "how": how_n}
+            except ValueError:
+                pass
     if not detected:
         return _gate(name, "fail",
                      f"The primary test does not detect the {n_m} known members against the controls (p = "
@@ -475,7 +542,57 @@ def positive_control_gate(data: PrimaryData, plan: "AnalysisPlan", plan_strata: 
                     + ("not " if pn > plan.alpha else "")
                     + f"distinguished from the controls (p = {_fmt(pn, plan.alpha)})"
                     + ("." if pn > plan.alpha else " — the controls may not be a valid null; see limitations."))
+        ncr = details.get("negative_control")
+        if ncr:
+            summary += (f" Drawing {ncr['size']} known nonmembers {ncr['n']} times, the primary test rejects in "
+                        f"{ncr['rate'] * 100:.1f}% of draws ({plan.ci_level * 100:g}% CI {ncr['lo'] * 100:.1f}–"
+                        f"{ncr['hi'] * 100:.1f}%; a valid test rejects in at most {plan.alpha * 100:g}%).")
     return _gate(name, "pass", summary, **details)
+
+
+def resampled_pvalues(plan: "AnalysisPlan", data: PrimaryData, pool: np.ndarray, pool_strata: list[str] | None,
+                      c: np.ndarray, c_strata: list[str] | None, k: int, R: int, seed: int
+                      ) -> tuple[np.ndarray, str]:
+    """Primary-test p-values of ``R`` draws of ``k`` works from ``pool`` (known members, or known nonmembers)
+    against the controls ``c``, without replacement. One attack: every draw is tested exactly as the suspects
+    are. A feature set: every draw's cross-fitted statistic is computed exactly as for the suspects, and its
+    p-value read off one null of ``plan.crossfit_permutations`` relabellings of the pooled controls with ``k``
+    pseudo-suspects (within strata for a stratified plan) — the same statistic, its null estimated once rather
+    than per draw. Returns (p-values, how they were obtained, in words)."""
+    rng = np.random.default_rng(seed)
+    n_pool = pool.shape[0]
+    idx = np.argsort(rng.random((R, n_pool)), axis=1)[:, :k]
+    if not data.multi:
+        ps = None if pool_strata is None else np.asarray(pool_strata, dtype=str)
+        pv = _batch_pvalues(plan, pool[idx], c, None, None if ps is None else ps[idx], c_strata)
+        return pv, "each draw tested exactly as the suspects are"
+    n_c = c.shape[0]
+    folds = crossfit_folds(k, n_c, plan.crossfit_folds)
+    if folds < 2:
+        raise ValueError("too few works for a cross-fitted resample")
+    stats_ = np.empty(R)
+    for r in range(R):
+        X = np.vstack([pool[idx[r]], c])
+        Xs, _, _ = _standardise(X, list(data.names))
+        codes = None
+        if plan.strata and pool_strata is not None and c_strata is not None:
+            lab = np.r_[np.asarray(pool_strata, dtype=str)[idx[r]], np.asarray(c_strata, dtype=str)]
+            codes = np.unique(lab, return_inverse=True)[1]
+        y = np.r_[np.ones(k, dtype=int), np.zeros(n_c, dtype=int)]
+        stats_[r] = _crossfit_rows(Xs, y[None], folds, plan.seed, codes)[0]
+    Cs, _, _ = _standardise(c, list(data.names))
+    codes_c, lab_c = None, None
+    if plan.strata and pool_strata is not None and c_strata is not None:
+        order = _split_draws(rng, 1, n_c, k, c_strata, list(np.asarray(pool_strata, dtype=str)[idx[0]]))[0]
+        lab_c = np.zeros(n_c, dtype=int)
+        lab_c[order[:k]] = 1
+        codes_c = np.unique(np.asarray(c_strata, dtype=str), return_inverse=True)[1]
+    kk = int(lab_c.sum()) if lab_c is not None else k
+    ref = crossfit_null(Cs, kk, plan.crossfit_permutations, crossfit_folds(kk, n_c - kk, plan.crossfit_folds),
+                        seed + 1, nonneg=True, fold_seed=plan.seed, labels=lab_c, strata=codes_c)
+    pv = crossfit_pvalues_from_null(stats_, ref, plan.alternative)
+    return pv, (f"each draw's cross-fitted statistic compared with one null of {plan.crossfit_permutations} "
+                "relabellings of the controls")
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -561,7 +678,29 @@ def _power_from_context(c: GateContext) -> GateResult:
             effects.append(("measured on the known members", pc.details["auc_members"]))
         if pc.details.get("power_method") == "subsampled":
             measured = {**pc.details["power"], "draws": pc.details["power"]["n"], "n": pc.details["subset_size"]}
+    if c.data.multi:
+        return _power_crossfit(c, measured)
     return power_gate(effects, c.data.n("suspect"), c.data.n(c.plan.control_role), c.plan, measured)
+
+
+def _power_crossfit(c: GateContext, measured: dict[str, Any]) -> GateResult:
+    """Power of a cross-fitted statistic: only what resampling the known members measured (Noether's formula
+    is for a rank test of one score and is not borrowed for it)."""
+    name = "power"
+    plan = c.plan
+    n_s, n_c = c.data.n("suspect"), c.data.n(plan.control_role)
+    if measured:
+        summary = (f"Power of the cross-fitted statistic, measured by resampling the known members: "
+                   f"{measured['rate'] * 100:.1f}% at {measured['n']} works with the {n_c} controls "
+                   f"({plan.ci_level * 100:g}% CI {measured['lo'] * 100:.1f}–{measured['hi'] * 100:.1f}%). How many "
+                   "works other sizes would need was not measured: no closed-form approximation exists for this "
+                   "statistic, and Noether's formula for a rank test of one score is not used for it.")
+    else:
+        summary = ("Power of the cross-fitted statistic could not be measured: it needs at least 4 known members "
+                   "(role 'member'), and no closed-form approximation exists for this statistic.")
+    return _gate(name, "info", summary, rows=[], n_suspect=n_s, n_control=n_c, alpha=plan.alpha,
+                 target=plan.power_target, alternative=plan.alternative, measured=measured or {},
+                 hypothetical=not measured, method="resampling" if measured else "not_measured")
 
 
 #: The validity gates, in the order they run and are reported: name -> gate(context). A new gate is one entry
