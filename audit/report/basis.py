@@ -73,8 +73,10 @@ def basis_summary(images: pd.DataFrame | None, case: dict[str, Any], control_rol
         sub = df[df["role"] == role]
         if sub.empty:
             continue
-        groups = [("all", sub)] if sub["_artist"].nunique() <= 1 else [("all", sub)] + [
-            (a or "(none)", g) for a, g in sub.groupby("_artist", sort=True)]
+        # per artist for the two roles the verdict compares; the known-truth roles as one row each
+        by_artist = role in ("suspect", control_role) and sub["_artist"].nunique() > 1
+        groups = [("all", sub)] + ([(a or "(none)", g) for a, g in sub.groupby("_artist", sort=True)]
+                                   if by_artist else [])
         for artist, g in groups:
             w = pd.to_numeric(g.get("width", pd.Series(dtype=float)), errors="coerce")
             h = pd.to_numeric(g.get("height", pd.Series(dtype=float)), errors="coerce")
@@ -119,9 +121,10 @@ def basis_summary(images: pd.DataFrame | None, case: dict[str, Any], control_rol
 
 
 def date_diagnostic(images: pd.DataFrame | None, per_work_scores: pd.DataFrame | None,
-                    control_role: str = "control") -> dict[str, Any] | None:
+                    control_role: str = "control", stratum: str | None = None) -> dict[str, Any] | None:
     """:func:`audit.stats.blind.date_trend` on the works' dates (``published``, else ``created``) and the per-work
-    attack's scores (``image_id``, ``role``, ``score``); None without dates on both sides."""
+    attack's scores (``image_id``, ``role``, ``score``), within the plan's strata (column ``stratum`` of the
+    images) when it has them; None without dates on both sides."""
     from audit.stats.blind import date_trend, decimal_years
 
     if images is None or images.empty or per_work_scores is None or per_work_scores.empty:
@@ -131,8 +134,13 @@ def date_diagnostic(images: pd.DataFrame | None, per_work_scores: pd.DataFrame |
     kind = "published" if pub.ne("").any() else "created"
     d = per_work_scores.assign(date=per_work_scores["image_id"].map(dates).fillna(""))
     s, c = d[d["role"] == "suspect"], d[d["role"] == control_role]
+    strata_s = strata_c = None
+    if stratum and stratum in images.columns:
+        g = dict(zip(images["image_id"], images[stratum].fillna("").astype(str)))
+        strata_s, strata_c = list(s["image_id"].map(g)), list(c["image_id"].map(g))
     res = date_trend(decimal_years(s["date"]), s["score"].to_numpy(float), decimal_years(c["date"]),
-                     c["score"].to_numpy(float))
+                     c["score"].to_numpy(float), strata_s, strata_c)
     if res is not None:
         res["date_kind"] = kind
+        res["stratum"] = stratum if strata_c is not None else None
     return res

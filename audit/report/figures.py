@@ -230,10 +230,13 @@ def positive_control_png(g: GateResult) -> bytes | None:
     return _png(fig)
 
 
-def power_png(g: GateResult) -> bytes:
+def power_png(g: GateResult) -> bytes | None:
     """Approximate power vs number of suspect works at each measured effect (Noether), with the measured
-    (resampled) power at the audit's size when known members were given."""
+    (resampled) power at the audit's size when known members were given; None without a curve to draw (a single
+    measured point is said in the gate's sentence)."""
     d = g.details
+    if not d.get("rows"):
+        return None
     fig = Figure(figsize=(6, 3.4))
     ax = fig.subplots()
     n_c = d["n_control"]

@@ -19,7 +19,8 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from audit.report.texts import (BIBLIOGRAPHY, CRITIQUES, GLOSSARY, STUDIES, alternative_explanations, declaration,
+from audit.report.texts import (BIBLIOGRAPHY, CRITIQUES, GLOSSARY, STUDIES, STUDIES_SHORT, alternative_explanations,
+                                 declaration,
                                  expert_from_config, procedure_page_one, procedure_sentences, report_provenance,
                                  uncommitted_page_one)
 from audit.report.figures import gate_png, histogram_png, pvalue_png, roc_png, to_base64
@@ -65,12 +66,26 @@ def _marked(text: Any) -> Markup:
     return Markup(t)
 
 
+_LONG_RUN = re.compile(r"(\S{80})(?=\S)")  # longer than a SHA-256 (64), which stays whole
+
+
+def _breakable(value: Any) -> Any:
+    """Untrusted text as printed: a run of more than 80 characters without a space gets a zero-width break
+    opportunity every 80, so the PDF layout never has to search one for a break (with ``overflow-wrap: anywhere`` a
+    2,000-character unbroken caption took WeasyPrint 52 s, 100,000 over 10 minutes). Markup, numbers and
+    embedded images pass unchanged."""
+    if type(value) is not str or len(value) <= 80 or value.startswith(("data:", "iVBORw0KGgo", "/9j/")):
+        return value
+    return _LONG_RUN.sub("\\1\u200b", value)
+
+
 def _env() -> Environment:
     # autoescape=True, not select_autoescape(): the template is "*.html.j2", which select_autoescape's
     # extension check would not recognise as HTML, and captions/paths are untrusted text.
     env = Environment(
         loader=FileSystemLoader(str(_TEMPLATES)),
         autoescape=True,
+        finalize=_breakable,
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -132,11 +147,13 @@ def _closed_named(result: AuditResult, attack: str) -> int | None:
     """``n_flagged_closed`` of the attack in analysis.json (closed-testing per-work claims), when recorded."""
     for ad in (result.to_dict().get("attacks") or []):
         if ad.get("attack") == attack:
+            works = ad.get("artworks") or []
+            if not any(w.get("p_closed") is not None for w in works):
+                return None  # not recorded (older analysis): the wording falls back to the bound alone
             v = ad.get("n_flagged_closed")
-            if v is None and any("p_closed" in w for w in ad.get("artworks") or []):
-                v = sum(1 for w in ad["artworks"] if w.get("p_closed") is not None
-                        and w["p_closed"] <= result.plan.alpha)
-            return None if v is None else int(v)
+            if v is None:
+                v = sum(1 for w in works if w.get("p_closed") is not None and w["p_closed"] <= result.plan.alpha)
+            return int(v)
     return None
 
 
@@ -591,8 +608,9 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
         procedure=procedure_sentences(proc), page_one=[x for x in (procedure_page_one(proc),
                                                                    uncommitted_page_one(proc["tool_uncommitted"])) if x],
         confirmatory=bool(result.verdict.confirmatory and proc["order_ok"]),
-        studies=STUDIES, critiques=CRITIQUES, alternatives=alternative_explanations(_alt_facts(result, records, rejected)),
+        studies=STUDIES, studies_short=STUDIES_SHORT, critiques=CRITIQUES, alternatives=alternative_explanations(_alt_facts(result, records, rejected)),
         decision_rates=result.to_dict().get("decision_rates"), closed=_closed_p(result),
+        closed_named=_closed_named(result, result.primary_attack),
         stratum_counts=_stratum_counts(result),
         model_check={"n": int(scores.df["target_fingerprint"].nunique()) if len(scores.df) else 0,
                      "same": bool(len(scores.df) and scores.df["target_fingerprint"].nunique() == 1)},
@@ -650,7 +668,8 @@ def report_records(result: AuditResult, scores: ScoreTable, images: pd.DataFrame
         per_work, _ = collapse_scores(scores, result.primary_attack)
     except (KeyError, ValueError):
         per_work = None
-    date = date_diagnostic(images, per_work, result.plan.control_role)
+    date = date_diagnostic(images, per_work, result.plan.control_role,
+                           result.plan.strata[0] if result.plan.strata else None)
     exhibits = []
     source_seal = None
     if folder is not None:
@@ -671,7 +690,8 @@ def _closed_p(result: AuditResult) -> dict[str, float | None]:
     """image_id → closed-testing adjusted p-value of the per-work attack (analysis.json), when recorded."""
     for ad in (result.to_dict().get("attacks") or []):
         if ad.get("attack") == result.primary_attack:
-            return {w["image_id"]: w.get("p_closed") for w in ad.get("artworks") or [] if "p_closed" in w}
+            closed = {w["image_id"]: w.get("p_closed") for w in ad.get("artworks") or [] if "p_closed" in w}
+            return closed if any(v is not None for v in closed.values()) else {}
     return {}
 
 
@@ -764,8 +784,9 @@ def write_inventory_csv(images: pd.DataFrame | None, path: Path) -> dict[str, An
 
     if images is None or images.empty:
         return None
-    cols = [c for c in ("role", "path", "artist", "created", "width", "height", "format", "image_id")
-            if c in images.columns]
+    cols = [c for c in ("role", "path", "artist", "created", "published", "basis", "source", "width", "height",
+                        "format", "image_id")
+            if c in images.columns and (c not in ("published", "basis", "source") or images[c].fillna("").ne("").any())]
     df = images[cols].drop_duplicates().sort_values([c for c in ("role", "path") if c in cols])
     data = df.rename(columns={"image_id": "sha256"}).to_csv(index=False, lineterminator="\n").encode("utf-8")
     path.write_bytes(data)

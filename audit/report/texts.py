@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GLOSSARY", "BIBLIOGRAPHY", "DECLARATION", "STUDIES", "CRITIQUES", "declaration", "expert_from_config",
+__all__ = ["GLOSSARY", "BIBLIOGRAPHY", "DECLARATION", "STUDIES", "STUDIES_SHORT", "CRITIQUES", "declaration", "expert_from_config",
            "report_provenance", "procedure_sentences", "alternative_explanations"]
 
 GLOSSARY: list[tuple[str, str]] = [
@@ -133,6 +133,12 @@ STUDIES: list[dict[str, str]] = [
                 "draws (10%, 95% CI 1–32%, at α = 0.05)",
      "source": "results/validity/validity.md"},
 ]
+
+#: The same, in one sentence for the plain-language page.
+STUDIES_SHORT = ("Mis-chosen comparison works make this kind of test convict falsely: in the project's own studies, "
+                 "controls by another artist gave the test alone a false conviction in 20 of 20 draws (the blind "
+                 "baseline withheld the verdict in all 20; results/validity/validity.md), and ordinary differences "
+                 "between artists in 48 of 200 (results/stats_review/review.md)")
 
 #: The published critiques an opposing expert will cite, and what they say.
 CRITIQUES = ("Published critiques show that membership scores on large models often separate members from "
@@ -298,6 +304,14 @@ def _status_text(status: str | None) -> str:
                                                                                                  "not run")
 
 
+def _first_sentence(text: str) -> str:
+    """The gate's finding up to its first full stop (the rest is in the gate's own section)."""
+    for i, ch in enumerate(text):
+        if ch == "." and (i + 1 == len(text) or text[i + 1] == " ") and not text[max(0, i - 2):i].isdigit():
+            return text[:i + 1]
+    return text
+
+
 def alternative_explanations(f: dict[str, Any]) -> list[dict[str, str]]:
     """Each alternative explanation of a difference between suspects and controls, what this audit did about it
     and what it found (``examined`` / ``partly`` / ``not examined``). ``f``: facts prepared by the report."""
@@ -308,7 +322,7 @@ def alternative_explanations(f: dict[str, Any]) -> list[dict[str, str]]:
         "explanation": "Style, subject or period: the suspects differ from the controls in what they show or how they "
                        "are made, and the model scores one kind of picture higher without having trained on either.",
         "done": (f"Blind baseline on model-free features ({_status_text(blind.get('status'))}): "
-                 f"{blind.get('summary', 'not run.')}"
+                 f"{_first_sentence(blind.get('summary', 'not run.'))}"
                  + (f" Each suspect is compared only with controls of its own {strat}." if strat else
                     " The comparison is not stratified.")),
         "status": "examined" if blind.get("status") in ("pass", "fail") else "not examined"})
@@ -383,6 +397,6 @@ def alternative_explanations(f: dict[str, Any]) -> list[dict[str, str]]:
         "explanation": "The method does not work on this model (the scores carry no membership signal), so any "
                        "difference is noise or confounding.",
         "done": (f"Positive control on known training works ({_status_text(pc.get('status'))}): "
-                 f"{pc.get('summary', 'no known members were given.')}"),
+                 f"{_first_sentence(pc.get('summary', 'no known members were given.'))}"),
         "status": "examined" if pc.get("status") in ("pass", "fail") else "not examined"})
     return rows

@@ -157,8 +157,8 @@ def decimal_years(dates: Iterable[str]) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
-def date_trend(years_s: np.ndarray, scores_s: np.ndarray, years_c: np.ndarray, scores_c: np.ndarray
-               ) -> dict | None:
+def date_trend(years_s: np.ndarray, scores_s: np.ndarray, years_c: np.ndarray, scores_c: np.ndarray,
+               strata_s: Iterable[str] | None = None, strata_c: Iterable[str] | None = None) -> dict | None:
     """How much of the suspects-vs-controls score gap the works' dates alone could explain.
 
     When controls are chosen by date (published after the model's data cutoff), the date separates the groups by
@@ -166,24 +166,38 @@ def date_trend(years_s: np.ndarray, scores_s: np.ndarray, years_c: np.ndarray, s
     what can be checked is whether the *score* moves with the date among the works known not to be in training.
     Among the controls: Spearman's rank correlation of score and date (two-sided p), and a least-squares line of
     score on date; that line, evaluated at the suspects' dates, gives the gap in mean score that the date trend
-    alone predicts, beside the observed gap. ``extrapolated``: share of suspects dated outside the controls' range
-    (the trend is then carried where it was never observed). None when fewer than 3 dated works of either group.
+    alone predicts, beside the observed gap. With strata (e.g. artists) both are taken within strata: years and
+    scores are centred on the controls of each stratum, and a suspect counts against the controls of its own
+    (suspects of a stratum without dated controls are left out). ``extrapolated``: share of suspects dated outside
+    their controls' range. None when fewer than 3 dated works of either group.
     """
     from scipy import stats as st
 
     ys, ss = np.asarray(years_s, float), np.asarray(scores_s, float)
     yc, sc = np.asarray(years_c, float), np.asarray(scores_c, float)
+    gs = np.asarray(list(strata_s) if strata_s is not None else [""] * len(ys), dtype=object)
+    gc = np.asarray(list(strata_c) if strata_c is not None else [""] * len(yc), dtype=object)
     ks, kc = np.isfinite(ys) & np.isfinite(ss), np.isfinite(yc) & np.isfinite(sc)
-    ys, ss, yc, sc = ys[ks], ss[ks], yc[kc], sc[kc]
-    if len(ys) < 3 or len(yc) < 3 or np.ptp(yc) == 0 or np.ptp(sc) == 0:
+    ys, ss, gs, yc, sc, gc = ys[ks], ss[ks], gs[ks], yc[kc], sc[kc], gc[kc]
+    keep = np.isin(gs, np.unique(gc))
+    ys, ss, gs = ys[keep], ss[keep], gs[keep]
+    if len(ys) < 3 or len(yc) < 3:
         return None
-    rho, p = st.spearmanr(yc, sc)
-    slope, intercept = np.polyfit(yc, sc, 1)
-    predicted_gap = float(slope * (ys.mean() - yc.mean()))
-    observed_gap = float(ss.mean() - sc.mean())
-    outside = float(np.mean((ys < yc.min()) | (ys > yc.max())))
+    my = {g: yc[gc == g].mean() for g in np.unique(gc)}
+    ms = {g: sc[gc == g].mean() for g in np.unique(gc)}
+    lo = {g: yc[gc == g].min() for g in np.unique(gc)}
+    hi = {g: yc[gc == g].max() for g in np.unique(gc)}
+    yc0 = yc - np.array([my[g] for g in gc])
+    sc0 = sc - np.array([ms[g] for g in gc])
+    if np.ptp(yc0) == 0 or np.ptp(sc0) == 0:
+        return None
+    rho, p = st.spearmanr(yc0, sc0)
+    slope = float(np.polyfit(yc0, sc0, 1)[0])
+    predicted_gap = float(slope * np.mean(ys - np.array([my[g] for g in gs])))
+    observed_gap = float(np.mean(ss - np.array([ms[g] for g in gs])))
+    outside = float(np.mean([(y < lo[g]) or (y > hi[g]) for y, g in zip(ys, gs)]))
     return {"n_suspect": int(len(ys)), "n_control": int(len(yc)), "rho": float(rho), "p_value": float(p),
-            "slope_per_year": float(slope), "predicted_gap": predicted_gap, "observed_gap": observed_gap,
+            "slope_per_year": slope, "predicted_gap": predicted_gap, "observed_gap": observed_gap,
             "share_explained": float(predicted_gap / observed_gap) if observed_gap != 0 else None,
-            "extrapolated": outside, "suspect_years": [float(ys.min()), float(ys.max())],
-            "control_years": [float(yc.min()), float(yc.max())]}
+            "extrapolated": outside, "within_strata": strata_c is not None,
+            "suspect_years": [float(ys.min()), float(ys.max())], "control_years": [float(yc.min()), float(yc.max())]}
