@@ -65,8 +65,17 @@ def _resolve(path_value: str, base: Path) -> str:
     return os.path.normpath(str(p))
 
 
+#: longest accepted value per column (characters); a longer one is a manifest error, not something to truncate
+FIELD_LIMITS: dict[str, int] = {"path": 4096, "caption": 2000}
+_DEFAULT_FIELD_LIMIT = 1000
+
+
 def _entry_from_fields(fields: dict[str, Any], where: str, base: Path) -> dict[str, Any]:
     """Validate one manifest row (``where`` = "file:line N" for error messages) into an entry."""
+    for col, value in fields.items():
+        limit = FIELD_LIMITS.get(str(col), _DEFAULT_FIELD_LIMIT if col in MANIFEST_COLUMNS else None)
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            raise ValueError(f"{where}: field {col!r} has {len(value)} characters, more than the {limit} accepted")
     for col in REQUIRED_COLUMNS:
         value = fields.get(col)
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -149,11 +158,19 @@ def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"manifest not found: {mpath}")
     suffix = mpath.suffix.lower()
     base = mpath.resolve().parent
-    if suffix in _CSV_SUFFIXES:
-        entries = _read_csv(mpath, base)
-    elif suffix in _JSONL_SUFFIXES:
-        entries = _read_jsonl(mpath, base)
-    else:
+    try:
+        if suffix in _CSV_SUFFIXES:
+            entries = _read_csv(mpath, base)
+        elif suffix in _JSONL_SUFFIXES:
+            entries = _read_jsonl(mpath, base)
+        else:
+            entries = None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{mpath}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); save the "
+                         "manifest as UTF-8 (Latin-1 and UTF-16 files are not read)") from None
+    except csv.Error as e:  # e.g. a field over the csv module's limit (131,072 characters)
+        raise ValueError(f"{mpath}: malformed CSV: {e}") from None
+    if entries is None:
         raise ValueError(
             f"{mpath}: unsupported manifest type {suffix!r} (use .csv or .jsonl with one JSON object per line)"
         )
@@ -173,6 +190,9 @@ def _read_csv(mpath: Path, base: Path) -> list[dict[str, Any]]:
                 f"{mpath}:line 1: empty file, expected a header with columns {', '.join(MANIFEST_COLUMNS)}"
             )
         reader.fieldnames = header
+        dups = sorted({h for h in header if header.count(h) > 1})
+        if dups:  # csv.DictReader would keep the last such column silently
+            raise ValueError(f"{mpath}:line 1: column(s) {', '.join(map(repr, dups))} appear more than once in the header")
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise ValueError(

@@ -48,24 +48,30 @@ def basis_summary(images: pd.DataFrame | None, case: dict[str, Any], control_rol
 
     A work's basis is its manifest ``basis``, else the case file's default for its role
     (``selection.<role>s.basis``). Its date is ``published`` when given, else ``created`` (the table says which).
-    The cutoff check names every control (and known non-member) that may have been published before the model's
-    data cutoff — the earliest day its date can mean lies before the cutoff — unless its basis does not rest on
-    the cutoff (unpublished, held out).
+    The cutoff check names every control that may have been published before the model's data cutoff — the earliest
+    day its date (``published``, else ``created``) can mean lies before the cutoff — unless its basis does not rest
+    on the cutoff (unpublished, held out); known non-members are checked when they state a publication date or the
+    basis post_cutoff.
     """
     if images is None or images.empty or "role" not in images.columns:
         return None
     df = images.copy()
     sel = (case or {}).get("selection") or {}
+    # known-truth roles carry their basis in the role itself (the audit's own definition of member / nonmember)
     default_basis = {"suspect": (sel.get("suspects") or {}).get("basis"),
-                     "control": (sel.get("controls") or {}).get("basis")}
+                     "control": (sel.get("controls") or {}).get("basis"),
+                     "member": "known_member (role)", "nonmember": "known_nonmember (role)"}
+    default_source = {"suspect": (sel.get("suspects") or {}).get("source"),
+                      "control": (sel.get("controls") or {}).get("source")}
     if control_role != "control":
         default_basis[control_role] = default_basis["control"]
+        default_source[control_role] = default_source["control"]
     basis = _col(df, "basis")
-    from_case = basis.eq("") & df["role"].map(lambda r: bool(default_basis.get(r)))
+    from_case = basis.eq("") & df["role"].map(lambda r: bool(default_basis.get(r)) and r in ("suspect", control_role))
     df["_basis"] = [b or (default_basis.get(r) or "") for b, r in zip(basis, df["role"])]
     df["_published"] = _col(df, "published")
     df["_created"] = _col(df, "created")
-    df["_source"] = _col(df, "source")
+    df["_source"] = [x or (default_source.get(r) or "") for x, r in zip(_col(df, "source"), df["role"])]
     df["_artist"] = _col(df, "artist")
     has_published = bool(df["_published"].ne("").any())
     rows = []
@@ -96,19 +102,21 @@ def basis_summary(images: pd.DataFrame | None, case: dict[str, Any], control_rol
     cutoff = earliest_date(cutoff_text) if cutoff_text else None
     flagged, n_checked, n_undated = [], 0, 0
     if cutoff is not None:
-        for r in df[df["role"].isin({control_role, "nonmember"})].itertuples(index=False):
-            if r._basis in NOT_IN_TRAINING_BASES:
+        for r in df[df["role"].isin({control_role, "nonmember"})].to_dict(orient="records"):
+            if r["_basis"] in NOT_IN_TRAINING_BASES:
                 continue
+            if r["role"] == "nonmember" and not r["_published"] and r["_basis"] != "post_cutoff":
+                continue  # a known non-member whose status does not rest on a stated date
             n_checked += 1
-            which = "published" if r._published else ("created" if r._created else "")
-            when = earliest_date(r._published or r._created)
+            which = "published" if r["_published"] else ("created" if r["_created"] else "")
+            when = earliest_date(r["_published"] or r["_created"])
             if when is None:
                 n_undated += 1
                 continue
             if when < cutoff:
-                flagged.append({"image_id": str(r.image_id), "path": str(r.path), "role": str(r.role),
-                                "artist": r._artist, "date": r._published or r._created, "date_kind": which,
-                                "basis": r._basis})
+                flagged.append({"image_id": str(r["image_id"]), "path": str(r.get("path", "")), "role": str(r["role"]),
+                                "artist": r["_artist"], "date": r["_published"] or r["_created"], "date_kind": which,
+                                "basis": r["_basis"]})
     controls = df[df["role"] == control_role]
     return {
         "rows": rows, "control_role": control_role, "date_column": "published" if has_published else "created",

@@ -27,8 +27,8 @@ CASE_EXHIBIT = "case.yaml"
 #: every key a case record may hold (section → keys); anything else is refused with its name
 CASE_KEYS: dict[str, tuple[str, ...]] = {
     "model": ("name", "obtained_from", "obtained_how", "obtained_utc", "kept_how", "data_cutoff", "cutoff_source"),
-    "selection.suspects": ("by", "when", "criteria", "basis"),
-    "selection.controls": ("by", "when", "criteria", "by_date", "basis"),
+    "selection.suspects": ("by", "when", "criteria", "basis", "source"),
+    "selection.controls": ("by", "when", "criteria", "by_date", "basis", "source"),
     "selection": ("blind_to_scores",),
 }
 _BOOLS = {"selection.controls.by_date", "selection.blind_to_scores"}

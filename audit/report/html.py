@@ -52,7 +52,7 @@ def _fmt_pct(f: float) -> str:
     return f"{f * 100:g}%"
 
 
-_ISO_TIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?")
+_ISO_TIME = re.compile(r"\b\d{4}-\d{2}(?:-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?)?\b")
 _HEX = re.compile(r"\b[0-9a-f]{16,64}\b")
 
 
@@ -297,8 +297,8 @@ def _how_many(result: AuditResult) -> str | None:
            "any subset of the works a reader picks).")
     if named is not None:
         if named >= k:
-            txt += (f" The same procedure names {named} of them individually; they are marked in the per-work "
-                    "table.")
+            txt += (f" The same procedure names {named} of them individually (their closed-testing p-values are in "
+                    "the per-work table).")
         elif named > 0:
             txt += (f" The same procedure names {named} of them individually; for the rest of the count it cannot "
                     "say which works they are.")
@@ -371,13 +371,13 @@ def _decision_rates_sentence(result: AuditResult) -> str | None:
     if fpr:
         bits.append(f"the whole decision (test and validity gates together) concluded wrongly that suspect works were "
                     f"trained on in {fpr['k']:,} of {fpr['n']:,} trials in which none was ({fpr['rate'] * 100:.1f}%, "
-                    f"{result.plan.ci_level * 100:g}% interval {fpr['lo'] * 100:.1f}–{fpr['hi'] * 100:.1f}%; "
+                    f"{result.plan.ci_level * 100:g}% interval {fpr['lo'] * 100:.1f}%–{fpr['hi'] * 100:.1f}%; "
                     f"{fpr.get('source') or 'source not recorded'})")
     else:
         bits.append("the false-positive rate of the whole decision could not be measured")
     if power:
         bits.append(f"it detected known training works in {power['k']:,} of {power['n']:,} trials "
-                    f"({power['rate'] * 100:.1f}%, interval {power['lo'] * 100:.1f}–{power['hi'] * 100:.1f}%; "
+                    f"({power['rate'] * 100:.1f}%, interval {power['lo'] * 100:.1f}%–{power['hi'] * 100:.1f}%; "
                     f"{power.get('source') or 'source not recorded'})")
     else:
         bits.append("its power could not be measured")
