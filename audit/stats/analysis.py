@@ -37,6 +37,7 @@ from audit.stats.tests import (
     benjamini_hochberg,
     conformal_pvalues,
     holm,
+    hommel,
     mann_whitney,
     min_controls_for,
     permutation_test,
@@ -213,6 +214,10 @@ class ArtworkResult:
     p_holm: float
     p_bh: float
     flagged: bool
+    # closed testing with Simes local tests (Hommel adjusted), the procedure of the "at least k of n" bound: a work
+    # with p_closed ≤ α is named individually by the same procedure that gives the bound
+    p_closed: float | None = None
+    flagged_closed: bool = False
 
 
 @dataclass
@@ -232,6 +237,7 @@ class AttackResult:
     tpr_member_nonmember: list[TprAtFpr] = field(default_factory=list)
     artworks: list[ArtworkResult] = field(default_factory=list)  # suspects, most member-like first
     n_flagged_holm: int = 0
+    n_flagged_closed: int = 0  # works named individually by closed testing (Hommel), consistent with the bound
     min_controls_per_artwork: int | None = None  # controls needed for any Holm flag at α
     storey: StoreyEstimate | None = None  # estimated number of member suspects (Storey's π̂₀; exploratory)
     # "at least k of the n suspects were in the training data" with confidence 1 − α: closed testing with Simes
@@ -257,6 +263,12 @@ class Verdict:
     # False when the plan differs from the one recorded before scoring (a regenerated, changed analysis), or
     # when no plan hash was recorded before scoring at all
     confirmatory: bool = True
+    # The headline p-value's resampling: relabellings behind it (None: exact or asymptotic), its floor 1/(B+1)
+    # and whether the p-value sits at that floor (then "p ≤ floor" is all the data can say with B relabellings)
+    n_resamples: int | None = None
+    p_floor: float | None = None
+    floor_binds: bool = False
+    method: str | None = None
 
 
 @dataclass
@@ -277,6 +289,10 @@ class AuditResult:
     composition: dict[str, Any] | None = None
     # exploratory variants of the primary analysis (other attacks, pooled vs stratified, leave-one-stratum-out)
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    # the difficulty adjustment applied to every score before testing (plan.adjust), or None
+    adjustment: dict[str, Any] | None = None
+    # decision-level error rates of the whole decision on this model (placebo, negative and positive controls)
+    decision_rates: dict[str, Any] | None = None
 
     def gate(self, name: str) -> GateResult | None:
         return next((g for g in self.gates if g.name == name), None)
@@ -393,15 +409,17 @@ def _analyze_attack(
         res.n_without_pvalue = int((~valid).sum())
         sv, p = s[valid], p_all[valid]
         idv = [i for i, ok in zip(ids, valid) if ok]
-        p_holm, p_bh = holm(p), benjamini_hochberg(p)
+        p_holm, p_bh, p_cl = holm(p), benjamini_hochberg(p), hommel(p)
         order = np.lexsort((-sv, p))  # smallest p first; ties broken by higher score
         res.artworks = [
             ArtworkResult(
-                idv[i], float(sv[i]), float(p[i]), float(p_holm[i]), float(p_bh[i]), bool(p_holm[i] <= plan.alpha)
+                idv[i], float(sv[i]), float(p[i]), float(p_holm[i]), float(p_bh[i]), bool(p_holm[i] <= plan.alpha),
+                float(p_cl[i]), bool(p_cl[i] <= plan.alpha),
             )
             for i in order
         ]
         res.n_flagged_holm = sum(a.flagged for a in res.artworks)
+        res.n_flagged_closed = sum(a.flagged_closed for a in res.artworks)
         res.n_bound = int(p.size)
         res.members_lower_bound = true_discovery_bound(p, plan.alpha) if p.size else None
         if p.size:
@@ -728,6 +746,12 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
     """
     if scores.df.empty:
         raise ValueError("the ScoreTable is empty")
+    adjustment: dict[str, Any] | None = None
+    adjust_notes: list[str] = []
+    if plan.adjust == "features":
+        from audit.stats.adjust import difficulty_adjust
+
+        scores, adjustment, adjust_notes = difficulty_adjust(scores, features, plan.crossfit_folds)
     attacks = scores.attacks
     if plan.features:
         missing = [f for f in plan.features if f not in attacks]
@@ -739,7 +763,12 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
     if primary not in attacks:
         raise ValueError(f"primary attack {primary!r} is not in the ScoreTable (have {attacks})")
 
-    notes: list[str] = []
+    notes: list[str] = list(adjust_notes)
+    if adjustment is not None:
+        r2 = ", ".join(f"{a} {v['r2_out_of_fold']:.2f}" for a, v in adjustment["attacks"].items())
+        notes.append("Every score was difficulty-adjusted before testing (stats.adjust=features): the score minus what "
+                     "the model-free image features predict, by cross-fitted ridge regression fitted on all works "
+                     f"without their roles (out-of-fold R² per attack: {r2}); the raw scores are in scores.parquet.")
     results: list[AttackResult] = []
     plan_strata = _plan_strata_map(plan, images)
     for name in attacks:
@@ -787,6 +816,13 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
     confirmatory = recorded_plan_sha256 is not None and recorded_plan_sha256 == sha
     gates = _run_gates(plan, data, features, images, plan_strata) if primary_test is not None else []
     verdict = _verdict(plan, label, primary_test, n_s, n_c, gates, confirmatory, primary_auc)
+    if primary_test is not None:
+        from dataclasses import replace as _replace
+
+        B = primary_test.n_resamples if primary_test.method and "permutation" in primary_test.method else None
+        floor = 1.0 / (B + 1.0) if B else None
+        verdict = _replace(verdict, n_resamples=B, p_floor=floor, method=primary_test.method,
+                           floor_binds=bool(floor is not None and primary_test.p_value <= floor * (1 + 1e-9)))
     if recorded_plan_sha256 is None:
         notes.insert(0, f"No analysis-plan hash was recorded before scoring, so nothing shows that this plan (SHA-256 "
                         f"{sha[:16]}…) was fixed before the scores existed: the verdict is exploratory, not "
@@ -810,7 +846,46 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
     # Same text can arise from several attacks (e.g. the control-count note); say it once.
     sens = _sensitivity(scores, images, plan, primary) if primary_test is not None else []
     return AuditResult(plan, primary, results, verdict, list(dict.fromkeys(notes)), label, primary_test, primary_auc,
-                       crossfit, gates, sha, recorded_plan_sha256, composition(images, plan), sens)
+                       crossfit, gates, sha, recorded_plan_sha256, composition(images, plan), sens, adjustment,
+                       decision_rates(plan, gates))
+
+
+def decision_rates(plan: AnalysisPlan, gates: list[GateResult]) -> dict[str, Any]:
+    """Error rates of the whole decision on this model, from the records of this run.
+
+    False-positive rate: the placebo splits (pseudo-suspects drawn from the controls, tested exactly as the
+    suspects) and, when known nonmembers were given, subsets of them tested against the controls. The gates can
+    only withhold a rejection, never add one, so the decision's false-positive rate is at most the primary
+    test's. Power: subsets of the known members of the suspect set's size (the positive control)."""
+    by = {g.name: g for g in gates}
+    out: dict[str, Any] = {"alpha": plan.alpha, "fpr": None, "fpr_negative_control": None, "power": None,
+                           "measured_on": "this model and these controls", "note": None}
+    pl = by.get("placebo")
+    if pl is not None and pl.details.get("at_alpha"):
+        a = pl.details["at_alpha"]
+        out["fpr"] = {"k": a["k"], "n": a["n"], "rate": a["rate"], "lo": a["lo"], "hi": a["hi"],
+                      "source": "placebo splits of the controls"}
+    pc = by.get("positive_control")
+    if pc is not None:
+        nc = pc.details.get("negative_control")
+        if nc:
+            out["fpr_negative_control"] = {"k": nc["k"], "n": nc["n"], "rate": nc["rate"], "lo": nc["lo"],
+                                           "hi": nc["hi"], "size": nc["size"], "source": "subsets of the known nonmembers"}
+        pw = pc.details.get("power")
+        if pw and pw.get("n"):
+            out["power"] = {"k": pw["k"], "n": pw["n"], "rate": pw["rate"], "lo": pw["lo"], "hi": pw["hi"],
+                            "size": pw.get("size"), "source": "subsets of the known members"}
+    missing = []
+    if out["fpr"] is None:
+        missing.append("the false-positive rate (" + ("the placebo gate was not run" if pl is None or
+                       pl.status == "not_run" and "switched off" in pl.summary else "too few controls for placebo "
+                       "splits") + ")")
+    if out["power"] is None:
+        missing.append("the power (" + ("the positive-control gate was not run" if pc is None or "switched off" in
+                       pc.summary else "at least 4 known members (role 'member') are needed") + ")")
+    if missing:
+        out["note"] = "Not measured on this model: " + " and ".join(missing) + "."
+    return out
 
 
 def _sensitivity(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan, primary: str
