@@ -258,7 +258,10 @@ def test_every_number_in_the_report_text_is_in_the_records(tmp_path, audit_input
     raw = render_html(result, scores, images, rejected, metadata, tmp_path / "r.html").read_text(encoding="utf-8")
     scanned = report_numbers(raw)
     assert len(scanned) > 100  # the scan sees the prose and the tables, not an empty string
-    assert unexplained_numbers(raw, result.to_dict(), metadata) == []
+    import json
+
+    derived = json.loads((tmp_path / "report_records.json").read_text(encoding="utf-8"))
+    assert unexplained_numbers(raw, result.to_dict(), metadata, derived) == []
 
 
 def test_the_number_scan_fails_on_a_hard_coded_sentence(tmp_path, audit_inputs, monkeypatch):
@@ -266,10 +269,13 @@ def test_the_number_scan_fails_on_a_hard_coded_sentence(tmp_path, audit_inputs, 
 
     result, scores, images, rejected, metadata = audit_inputs
     # the sentence an earlier version printed in every report, whatever the run
-    monkeypatch.setattr(report_html, "plain_summary", lambda r: [
-        *plain_summary(r), "On the demo, 60 suspects: a standard deviation of about 6 works."])
+    monkeypatch.setattr(report_html, "plain_summary", lambda r, *a: [
+        *plain_summary(r, *a), "On the demo, 60 suspects: a standard deviation of about 6 works."])
     raw = render_html(result, scores, images, rejected, metadata, tmp_path / "r.html").read_text(encoding="utf-8")
-    bad = unexplained_numbers(raw, result.to_dict(), metadata)
+    import json
+
+    derived = json.loads((tmp_path / "report_records.json").read_text(encoding="utf-8"))
+    bad = unexplained_numbers(raw, result.to_dict(), metadata, derived)
     assert [tok for tok, _ in bad] == ["60"] and "60 suspects" in bad[0][1]
 
 
@@ -347,8 +353,9 @@ def test_the_pdf_has_an_outline_of_the_report_sections(tmp_path, audit_inputs):
     if "pdf" not in written:
         pytest.skip("PDF could not be written on this machine (see the PDF failure test)")
     titles = pdf_outline(written["pdf"])
-    for t in ("In plain language", "1. Summary", "6. Results", "7. Validity gates", "10. Glossary",
-              "12. Declaration", "Appendix: reproducibility"):
+    for t in ("In plain language", "1. Summary", "3. Basis of the comparison", "5. The model audited", "7. Results",
+              "8. Validity gates", "9. Alternative explanations", "12. Glossary", "14. Declaration",
+              "Appendix: exhibits and reproducibility"):
         assert t in titles
 
 
@@ -376,7 +383,9 @@ def test_the_committed_demo_report_has_no_number_outside_its_records():
 
     demo = Path(__file__).resolve().parents[1] / "results" / "demo"
     raw = (demo / "report.html").read_text(encoding="utf-8")
-    records = [json.loads((demo / f).read_text(encoding="utf-8")) for f in ("analysis.json", "run.json", "plan.json")]
+    # report_records.json: what the report derives from the records (basis table, procedure record, exhibits)
+    records = [json.loads((demo / f).read_text(encoding="utf-8"))
+               for f in ("analysis.json", "run.json", "plan.json", "report_records.json") if (demo / f).is_file()]
     assert len(report_numbers(raw)) > 200
     assert unexplained_numbers(raw, *records) == []
 
