@@ -73,7 +73,20 @@ _DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check the plain values of a run's config before anything is built or loaded (one-line ValueErrors)."""
+    """Check the plain values of a run's config before anything is built or loaded (one-line ValueErrors):
+    only the project's classes instantiable, no credential in the config, runtime values, seed, evidence limits
+    and the report's formats and file names (:mod:`audit.safety`)."""
+    from audit import safety
+
+    safety.check_instantiable(cfg)
+    safety.check_no_secrets(cfg)
+    if cfg.get("report") is not None:
+        safety.check_report_names(cfg.report)
+    data = cfg.get("data")
+    if data is not None:
+        mp = data.get("max_pixels", 100_000_000)
+        if isinstance(mp, bool) or not isinstance(mp, int) or mp < 1:
+            raise ValueError(f"data.max_pixels must be a positive integer (width × height), got {mp!r}")
     rt = cfg.runtime
     bs = rt.get("batch_size")
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
@@ -90,8 +103,73 @@ def validate_config(cfg: DictConfig) -> None:
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"runtime.num_threads must be null or a positive integer, got {threads!r}")
     seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+
+
+def check_plan_names(cfg: DictConfig, plan: Any, attacks: dict[str, Attack]) -> None:
+    """Before the model loads: the plan's primary statistic and feature set must be attacks this run can score
+    (the configured ones, plus those the defaults add: the base-calibrated loss of a LoRA target, the black-box or
+    collected-outputs defaults that replace the default list)."""
+    from audit.defaults import BLACK_BOX_DEFAULTS, CALIBRATED_NAME, DEFAULT_ATTACKS
+
+    names = set(attacks)
+    tcfg = cfg.get("target")
+    if tcfg is not None and (tcfg.get("lora") or tcfg.get("base") not in (None, "", "???")) and \
+            cfg.get("calibrate_lora", True):
+        names.add(CALIBRATED_NAME)
+    if set(attacks) == set(DEFAULT_ATTACKS):
+        names.update(BLACK_BOX_DEFAULTS)
+        try:
+            from audit.outputs.statistics import OUTPUT_DEFAULTS
+
+            names.update(OUTPUT_DEFAULTS)
+        except ImportError:  # pragma: no cover
+            pass
+    wanted = [("stats.primary_attack", plan.primary_attack)] if plan.primary_attack else []
+    wanted += [("stats.features", f) for f in (plan.features or ())]
+    for key, name in wanted:
+        if name not in names:
+            raise ValueError(f"{key} names {name!r}, which is not in this run's attack list {sorted(attacks)}: "
+                             f"add it (e.g. 'attack=[{','.join([*attacks, name])}]') or choose one of them")
+
+
+def check_plan_fits_evidence(plan: Any, entries: list[dict[str, Any]]) -> None:
+    """Before the model loads: a stratified plan's column must be in the manifest."""
+    strata = list(plan.strata or ())
+    if strata and entries and not all(strata[0] in e for e in entries):
+        raise ValueError(f"stats.strata names column {strata[0]!r}, which the manifest does not have")
+
+
+_CLAIM = ".audit-run"
+
+
+def claim_run_folder(out: Path) -> None:
+    """Make ``out`` this run's alone: two audits with the same name started in the same second get the same
+    Hydra folder; the second is refused in one line instead of both writing into it."""
+    out.mkdir(parents=True, exist_ok=True)
+    claim = out / _CLAIM
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(claim.read_text().strip() or 0)
+                os.kill(pid, 0)  # the holder is alive (a concurrent run): refuse
+                alive = pid != os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                alive = False
+            except PermissionError:
+                alive = True
+            if alive:
+                raise ValueError(f"results folder {out} is in use by another run (pid {pid}; two runs with the same "
+                                 "name started in the same second?): rerun, or give this one another name=") from None
+            claim.unlink(missing_ok=True)  # left by a run that ended or died: take it over
+    else:
+        raise ValueError(f"results folder {out} is in use by another run")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
 
 
 def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
@@ -105,8 +183,8 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     """
     t_start = time.time()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     validate_config(cfg)  # plain values first: nothing is built on a bad batch size, dtype or seed
+    claim_run_folder(out)
     from audit.parallel import ScaleRun
 
     scale = ScaleRun.from_config(cfg)  # sharding (accelerate / launcher jobs / merge) and throughput keys checked
@@ -129,6 +207,8 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     entries = read_entries_from_config(cfg.data)  # columns and roles, before the model loads
     check_entries(entries)
     attacks = build_attacks(cfg)  # fail on a bad attack config before loading anything heavy
+    check_plan_names(cfg, plan, attacks)
+    check_plan_fits_evidence(plan, entries)
     commitment = None
     if cfg.get("plan_commitment"):  # a plan committed beforehand with audit-plan: refuse any difference
         from audit import commitment as commit
@@ -242,6 +322,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     # The data are on disk before the analysis runs: whatever the analysis does, the scores are kept.
     io.write_run(out, run)
     report = analyze_and_report(run, plan, cfg.report, out, timings=timings, t_start=t_start)
+    (out / _CLAIM).unlink(missing_ok=True)
     verify.seal(out)  # the SHA-256 manifest and the completion marker, written last
     return report
 
@@ -340,7 +421,8 @@ def analyze_and_report(run: io.RunData, plan: Any, report_cfg: Any, out: Path,
     if report_cfg is None or not report_cfg.get("enabled", True):
         print(f"results: {out}")
         return out
-    metadata = {**run.metadata, "config_yaml": run.config_yaml}
+    # the report names the analysis it states (audit-verify checks it against the folder's analysis.json)
+    metadata = {**run.metadata, "config_yaml": run.config_yaml, "analysis_sha256": verify.sha256_file(out / io.ANALYSIS)}
     written = write_reports(result, run.scores, run.images, run.rejected, metadata, out,
                             formats=list(report_cfg.get("formats", ["html", "pdf"])),
                             filename=report_cfg.get("filename", "report.html"),

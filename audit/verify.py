@@ -34,7 +34,7 @@ import pandas as pd
 
 from audit import io
 
-FORMAT = "audit-checksums/1"
+FORMAT = "audit-checksums/2"  # 2: every report's HTML names the SHA-256 of the analysis.json it was made from
 SIGNATURE = "checksums.json.sig"  # optional Ed25519 signature of checksums.json (base64), see sign()
 
 #: Row keys of the tables whose rows are digested one by one (a missing column is left out of the key).
@@ -58,17 +58,143 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+#: the records without which a folder is not an audit's results (a seal over a bare scores.parquet proves nothing)
+REQUIRED = (io.SCORES, io.IMAGES, io.RUN, io.PLAN, io.ANALYSIS)
+_CLAIM = ".audit-run"  # a running audit's claim on its folder (audit.pipeline), removed before the seal
+
+
 def _sealable(folder: Path) -> list[str]:
-    """Relative paths (posix) of every regular file under ``folder`` that a seal covers, sorted."""
+    """Relative paths (posix) of every regular file under ``folder`` that a seal covers, sorted. Symbolic links
+    and other non-regular entries are never followed nor listed here (see :func:`not_regular`)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):  # does not follow symlinked folders
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) / d).is_symlink())
         for name in filenames:
-            rel = (Path(dirpath) / name).relative_to(folder).as_posix()
-            if rel in (io.CHECKSUMS, io.COMPLETE, SIGNATURE) or name.endswith(_UNSEALED_SUFFIXES) or name.endswith(".tmp"):
+            p = Path(dirpath) / name
+            rel = p.relative_to(folder).as_posix()
+            if rel in (io.CHECKSUMS, io.COMPLETE, SIGNATURE, _CLAIM) or name.endswith(_UNSEALED_SUFFIXES) \
+                    or name.endswith(".tmp"):
+                continue
+            if p.is_symlink() or not p.is_file():
                 continue
             out.append(rel)
     return sorted(out)
+
+
+def not_regular(folder: Path) -> list[str]:
+    """Every symbolic link (to a file, a folder, a device) and every non-regular entry under ``folder``: a results
+    folder holds regular files only, so nothing a reader opens can lie outside it or never end (``/dev/zero``)."""
+    import stat as _stat
+
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in sorted(dirnames) + sorted(filenames):
+            p = Path(dirpath) / name
+            rel = p.relative_to(folder).as_posix()
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if _stat.S_ISLNK(st.st_mode):
+                out.append(f"{rel} (symbolic link to {os.readlink(p)})")
+            elif not (_stat.S_ISREG(st.st_mode) or _stat.S_ISDIR(st.st_mode)):
+                out.append(f"{rel} (not a regular file)")
+    return sorted(out)
+
+
+class FolderRefused(ValueError):
+    """A results folder that no reader or writer may use as it is (one line)."""
+
+
+def check_regular(folder: Path) -> None:
+    """Refuse a folder with symbolic links or special files, naming them."""
+    bad = not_regular(Path(folder))
+    if bad:
+        raise FolderRefused(f"{folder}: a results folder may hold regular files only; refused: " + ", ".join(bad[:5])
+                            + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+
+
+def analysis_sha256(folder: Path) -> str | None:
+    p = Path(folder) / io.ANALYSIS
+    return sha256_file(p) if p.is_file() and not p.is_symlink() else None
+
+
+#: the tag a report's HTML carries: the SHA-256 of the analysis.json it was made from (audit.pipeline writes it)
+BINDING_META = "audit-analysis-sha256"
+
+
+def _visible_text(html_text: str) -> str:
+    import html as _html
+    import re
+
+    t = re.sub(r"<(script|style)\b.*?</\1>", " ", html_text, flags=re.S | re.I)
+    return " ".join(_html.unescape(re.sub(r"<[^>]+>", " ", t)).split())
+
+
+def check_reports(d: Path, notes: list[str], format_version: int) -> list[str]:
+    """The report files against the analysis they claim: the HTML names the analysis.json digest (seal format 2)
+    and states the analysis's verdict sentence; the PDF states it too (checked when ``pdftotext`` is installed)."""
+    import re
+    import shutil
+    import subprocess
+
+    problems: list[str] = []
+    try:
+        analysis = json.loads((d / io.ANALYSIS).read_text())
+        sentence = " ".join(str(analysis["verdict"]["sentence"]).split())
+    except Exception:
+        return []  # an unreadable analysis is reported by the recomputation
+    digest = analysis_sha256(d)
+    html_name, pdf_name = _report_names(d)
+    checked = 0
+    if (d / html_name).is_file():
+        text = (d / html_name).read_text(encoding="utf-8", errors="replace")
+        m = re.search(r'<meta name="' + BINDING_META + r'" content="([0-9a-f]{64})"', text)
+        if m is None and format_version >= 2:
+            problems.append(f"{html_name} does not name the analysis it was made from (no {BINDING_META} tag)")
+        elif m is not None and m.group(1) != digest:
+            problems.append(f"{html_name} was made from another analysis (SHA-256 {m.group(1)[:12]}…, this folder's "
+                            f"{io.ANALYSIS} is {str(digest)[:12]}…)")
+        if sentence not in _visible_text(text):
+            problems.append(f"{html_name} does not state the verdict of {io.ANALYSIS} (edited, or another audit's report)")
+        checked += 1
+    if (d / pdf_name).is_file():
+        tool = shutil.which("pdftotext")
+        if tool is None:
+            notes.append(f"{pdf_name} not read (pdftotext is not installed)")
+        else:
+            try:
+                out = subprocess.run([tool, "-enc", "UTF-8", str(d / pdf_name), "-"], capture_output=True,
+                                     timeout=120).stdout.decode("utf-8", "replace")
+            except subprocess.TimeoutExpired:
+                out = ""
+            if sentence not in " ".join(out.replace("\u00ad", "").split()):
+                problems.append(f"{pdf_name} does not state the verdict of {io.ANALYSIS} (edited, or another "
+                                "audit's report)")
+            checked += 1
+    if checked and not problems:
+        notes.append("the report states the verdict of the analysis")
+    return problems
+
+
+def _report_names(d: Path) -> tuple[str, str]:
+    """The report's file names from the folder's config.yaml (plain, checked values), else the defaults."""
+    import yaml
+
+    from audit.safety import ConfigRefused, check_report_names
+
+    names = ("report.html", "report.pdf")
+    try:
+        cfg = yaml.safe_load((d / io.CONFIG).read_text()) if (d / io.CONFIG).is_file() else {}
+        rep = (cfg or {}).get("report") if isinstance(cfg, dict) else None
+        if isinstance(rep, dict):
+            plain = {"enabled": True, "formats": ["html"], "filename": rep.get("filename", names[0]),
+                     "pdf_filename": rep.get("pdf_filename", names[1])}
+            check_report_names(plain)
+            names = (plain["filename"], plain["pdf_filename"])
+    except (ConfigRefused, yaml.YAMLError, OSError, AttributeError):
+        pass
+    return names
 
 
 def row_digests(df: pd.DataFrame, key: tuple[str, ...]) -> dict[str, str]:
@@ -106,6 +232,7 @@ def seal(folder: str | Path, altered: list[str] | None = None, note: str | None 
     ``checksums.json``.
     """
     d = Path(folder)
+    check_regular(d)  # a symbolic link would be invisible to the seal and lead a reader out of the folder
     (d / io.COMPLETE).unlink(missing_ok=True)  # while the seal is rewritten the folder is unfinished
     files, tables = {}, {}
     for rel in _sealable(d):
@@ -178,6 +305,11 @@ def verify(folder: str | Path, recompute: bool = True) -> Verification:
     if sealed.get("altered"):
         v.problems.append("sealed as made from altered data: " + "; ".join(map(str, sealed["altered"])))
 
+    for bad in not_regular(d):
+        v.problems.append(f"not allowed in a results folder (not followed): {bad}")
+    missing_records = [r for r in REQUIRED if r not in files]
+    if missing_records:
+        v.problems.append("not an audit's results: the seal does not cover " + ", ".join(missing_records))
     present = set(_sealable(d))
     for rel, entry in sorted(files.items()):
         p = d / rel
@@ -195,7 +327,13 @@ def verify(folder: str | Path, recompute: bool = True) -> Verification:
         v.problems.append(f"added file (not in the seal): {rel}")
     v.notes.append(f"{len(files)} files match their SHA-256")
 
-    if recompute and (d / io.SCORES).is_file() and (d / io.ANALYSIS).is_file():
+    try:
+        version = int(str(sealed.get("format", "")).rsplit("/", 1)[-1])
+    except ValueError:
+        version = 0
+    if recompute and (d / io.ANALYSIS).is_file() and not (d / io.ANALYSIS).is_symlink():
+        v.problems.extend(check_reports(d, v.notes, version))  # the report states the analysis it names
+    if recompute and (d / io.SCORES).is_file() and (d / io.ANALYSIS).is_file() and not not_regular(d):
         v.problems.extend(_recompute(d, v.notes))
     if recompute and (d / "blackbox").is_dir():  # a black-box run: its scores must follow from its request log
         from audit.blackbox.verify import check_request_log
@@ -372,4 +510,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console() -> None:  # pragma: no cover - the console script
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `audit-verify ... | head`: the reader stopped listening; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    except ValueError as e:  # a folder refused (symbolic links), a bad argument: one line
+        print(f"audit-verify: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

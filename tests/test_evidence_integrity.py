@@ -198,7 +198,7 @@ def test_unfinished_folder_is_reported_and_not_regenerated_silently(tmp_path, ca
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(folder)], capture_output=True,
                           text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert [ln for ln in proc.stderr.splitlines() if ln.strip()][-1].startswith("report.py: ")
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()][-1].startswith("audit-report: error: ")
     assert not (folder / io.COMPLETE).exists() and not (folder / io.REGENERATED).exists()
 
 

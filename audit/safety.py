@@ -1,0 +1,150 @@
+"""Checks on a composed config before anything is built, loaded or written (issue 25).
+
+* :func:`check_instantiable` — only the project's own classes and functions (``audit.*``, defined in an
+  ``audit`` module) may be named by a ``_target_``; ``builtins.open``, ``shutil.copyfile``, ``pathlib.Path.touch``
+  or ``audit.store.os.system`` are refused in one line (Hydra's own block list stops only a few names).
+* :func:`check_no_secrets` — a credential is never written: not in a header, not in a URL, not as the *value* of
+  ``api_key_env`` (which names an environment variable). Run before the config is written anywhere.
+* :func:`check_report_names` — report file names are plain names that cannot overwrite the run's records.
+
+Each raises :class:`ConfigRefused` (a ``ValueError``: one line, exit status 2 on the command line).
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any, Iterator
+from urllib.parse import parse_qsl, urlsplit
+
+__all__ = ["ConfigRefused", "check_instantiable", "check_no_secrets", "check_report_names", "RECORD_NAMES"]
+
+
+class ConfigRefused(ValueError):
+    """A config value refused before anything runs (one line)."""
+
+
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(dotted path, key, value) of every entry of a nested plain container."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{path}.{k}" if path else str(k)
+            yield p, str(k), v
+            yield from _walk(v, p)
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def _plain(cfg: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=False)  # unresolved: a bad interpolation is not our concern here
+    return cfg
+
+
+def _project_object(dotted: str) -> bool:
+    """True when ``dotted`` names a class or function defined in a module of the ``audit`` package."""
+    if not _DOTTED.fullmatch(dotted) or dotted.split(".")[0] != "audit":
+        return False
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        module = getattr(obj, "__module__", None) or ""
+        return callable(obj) and (module == "audit" or module.startswith("audit."))
+    return False
+
+
+def check_instantiable(cfg: Any, skip: tuple[str, ...] = ("hydra",)) -> None:
+    """Refuse any ``_target_`` in ``cfg`` (outside ``skip``) that is not one of the project's own callables."""
+    plain = _plain(cfg)
+    if not isinstance(plain, dict):
+        return
+    for top in list(plain):
+        if top in skip:
+            continue
+        for path, key, value in _walk(plain[top], top):
+            if key != "_target_":
+                continue
+            if not isinstance(value, str) or not _project_object(value):
+                raise ConfigRefused(f"{path} = {value!r} is refused: only the project's own classes (audit.*) can be "
+                                    "instantiated from a config or an override")
+
+
+#: header / query / key names that carry a credential
+_SECRET_NAME = re.compile(r"auth|key|token|secret|passw|cookie|session|credential|signature|bearer", re.I)
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")  # as audit.blackbox.target checks it, but before anything is written
+
+
+def check_no_secrets(cfg: Any) -> None:
+    """Refuse, before anything is written, a config that holds a credential: ``headers`` with a credential-like
+    name or value (``Authorization``, ``X-Api-Key``, ``Cookie``, ``Bearer …``), a URL with ``user:password@`` or a
+    key in its query, and an ``api_key_env`` that is not an environment variable's name (the key itself)."""
+    plain = _plain(cfg)
+    if not isinstance(plain, dict):
+        return
+    for path, key, value in _walk({k: v for k, v in plain.items() if k != "hydra"}):
+        if key == "headers" and isinstance(value, dict):
+            for name, v in value.items():
+                if _SECRET_NAME.search(str(name)) or re.match(r"\s*(bearer|basic|token)\s", str(v), re.I):
+                    raise ConfigRefused(f"{path}.{name}: a credential must not be given in a header (it would be "
+                                        "written to the results folder); name an environment variable in "
+                                        "target.api_key_env instead")
+        if key.endswith("api_key_env") and value not in (None, ""):
+            if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+                raise ConfigRefused(f"{path} must be the NAME of an environment variable (e.g. AUDIT_SERVICE_KEY), "
+                                    "not the key itself; the value given is not shown")
+        if isinstance(value, str) and re.match(r"[a-z][a-z0-9+.-]*://", value, re.I) and "${" not in value:
+            try:
+                parts = urlsplit(value)
+                user = parts.username or parts.password
+                query = parse_qsl(parts.query)
+            except ValueError:
+                continue
+            if user:
+                raise ConfigRefused(f"{path}: a URL must not hold a credential (user:password@); name an environment "
+                                    "variable in target.api_key_env instead")
+            if any(_SECRET_NAME.search(k) for k, _ in query):
+                raise ConfigRefused(f"{path}: a URL must not hold a credential in its query; name an environment "
+                                    "variable in target.api_key_env instead")
+
+
+#: files a run writes besides the report; a report file name can never be one of these
+RECORD_NAMES = frozenset({"scores.parquet", "images.parquet", "features.parquet", "plan.json", "rejected.json",
+                          "run.json", "config.yaml", "analysis.json", "checksums.json", "checksums.json.sig",
+                          "COMPLETE", "regenerated.json", "committed_plan.json", "evidence_inventory.csv",
+                          "reconstruction.html"})
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}")
+REPORT_FORMATS = ("html", "pdf")
+
+
+def check_report_names(report_cfg: Any) -> None:
+    """``report.formats`` ⊆ {html, pdf}; ``report.filename`` / ``report.pdf_filename`` plain file names in the
+    results folder (no ``/``, no ``..``), ending in .html / .pdf, different from each other and from every record."""
+    rep = _plain(report_cfg)
+    if not isinstance(rep, dict) or not rep.get("enabled", True):
+        return
+    formats = rep.get("formats", list(REPORT_FORMATS))
+    if not isinstance(formats, (list, tuple)) or not formats or any(f not in REPORT_FORMATS for f in formats):
+        raise ConfigRefused(f"report.formats must be a non-empty list of {list(REPORT_FORMATS)}, got {formats!r}")
+    names = {}
+    for key, suffix in (("filename", ".html"), ("pdf_filename", ".pdf")):
+        name = rep.get(key, f"report{suffix}")
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name or not name.endswith(suffix) \
+                or name in RECORD_NAMES:
+            raise ConfigRefused(f"report.{key} must be a plain file name ending in {suffix} that is not one of the "
+                                f"run's records, got {name!r}")
+        names[key] = name
+    if names["filename"] == names["pdf_filename"]:
+        raise ConfigRefused("report.filename and report.pdf_filename must differ")
