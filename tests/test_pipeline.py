@@ -49,7 +49,9 @@ def test_every_config_file_composes_and_instantiates(group, option, memorized_dd
         attacks = build_attacks(cfg)
         assert list(attacks) == [option] and all(isinstance(a, Attack) for a in attacks.values())
         # black-box statistics make no local denoiser evaluations: they cost service requests
-        assert attacks[option].evaluations_per_image() > 0 or attacks[option].requests_per_image() > 0
+        # (matching statistics of collected outputs, target=outputs, use neither: they read image files)
+        assert (attacks[option].evaluations_per_image() > 0 or getattr(attacks[option], "access", "") == "outputs"
+                or attacks[option].requests_per_image() > 0)
     elif group == "stats":
         assert isinstance(instantiate(cfg.stats), AnalysisPlan)
     elif group == "scenario":
@@ -58,6 +60,13 @@ def test_every_config_file_composes_and_instantiates(group, option, memorized_dd
     elif group == "target" and option == "http":  # a hosted service: built without contacting it
         cfg.target.base_url = "http://127.0.0.1:9"
         assert instantiate(cfg.target).info.family == "http"
+    elif group == "target" and option == "outputs":  # collected outputs: a folder with one image, no model
+        from PIL import Image
+
+        (tmp_path / "outs").mkdir()
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "outs" / "o.png")
+        cfg.target.outputs = str(tmp_path / "outs")
+        assert instantiate(cfg.target).info.family == "outputs"
     elif group == "target":
         cfg.target.source = str(tiny_sd[0] if option == "sd" else memorized_ddpm.model_dir)
         cfg.target.local_files_only = True
