@@ -1,0 +1,86 @@
+"""The procedure record of real runs (issue 21): what the report says about the order of plan and scores follows the
+run's own records — a run that reuses every score from an earlier run's store does not claim its plan came first; a
+run after audit-plan that computes its scores does."""
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from audit import commitment as commit
+from audit.cli import CONFIG_DIR
+from audit.data import write_manifest
+from audit.pipeline import run_audit
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="audit", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.fixture(scope="module")
+def setup(memorized_ddpm, tmp_path_factory):
+    root = tmp_path_factory.mktemp("procedure")
+    works = root / "works"
+    works.mkdir()
+    rows = []
+    for role, paths in (("suspect", memorized_ddpm.member_paths[:8]), ("control", memorized_ddpm.held_out_paths[:16])):
+        for p in paths:
+            dst = works / f"{role}_{p.name}"
+            shutil.copyfile(p, dst)
+            rows.append({"path": str(dst), "role": role, "caption": "", "artist": "a", "created": ""})
+    manifest = write_manifest(rows, root / "manifest.csv")
+    base = ["experiment=own_model", f"target.source={memorized_ddpm.model_dir}", "target.local_files_only=true",
+            f"data.manifest={manifest}", "attack=[loss]", "attack.loss.timesteps=[50,100]", "runtime.progress=false",
+            "stats.n_permutations=499", "stats.n_bootstrap=50", "stats.crossfit_permutations=49", "stats.n_placebo=50",
+            "report.formats=[html]"]
+    return root, base
+
+
+def _report(folder: Path) -> str:
+    """The report's HTML with the inline identifier tags (<time>, <code>) removed."""
+    raw = (folder / "report.html").read_text(encoding="utf-8")
+    return html.unescape(re.sub(r"</?(time|code)>", "", raw))
+
+
+def _label(text: str) -> str:
+    return re.search(r'<div class="label">Verdict \(([^)]*)', text).group(1)
+
+
+def test_a_rerun_that_reuses_every_score_from_the_store_does_not_claim_that_its_plan_came_first(setup):
+    root, base = setup
+    store = root / "store"
+    run_audit(_compose(base + [f"score_store={store}"]), root / "first")
+    run_audit(_compose(base + [f"score_store={store}"]), root / "second")
+    first, second = (json.loads((root / f / "run.json").read_text()) for f in ("first", "second"))
+    assert first["score_store"]["reused"] == 0 and first["score_store"]["computed"] > 0
+    assert second["score_store"]["computed"] == 0 and second["score_store"]["reused"] == first["score_store"]["computed"]
+    t1, t2 = _report(root / "first"), _report(root / "second")
+    assert f"Every one of the {first['score_store']['computed']:,} scores was computed by this run" in t1
+    assert "Procedure:" not in t1.split("In plain language", 1)[0]
+    # the rerun: every score existed before its plan was declared; nothing in it says the plan came first
+    assert "Every one of the" not in t2 and "nothing in the records shows that the plan came first" in t2
+    assert _label(t2).startswith("exploratory")
+    assert "before any score used in it was computed" not in t2 and "before any of its scores was computed" not in t2
+    assert "records do not show that the analysis plan preceded the scores" in t2.split('id="declaration"', 1)[1]
+
+
+def test_a_run_after_audit_plan_that_computes_its_scores_says_that_its_plan_came_first(setup):
+    root, base = setup
+    fresh = base + ["score_store=null"]
+    path = commit.commit_plan(_compose(fresh), root / "plan")
+    run_audit(_compose(fresh + [f"plan_commitment={path}"]), root / "committed")
+    run = json.loads((root / "committed" / "run.json").read_text())
+    text = _report(root / "committed")
+    committed_utc = run["analysis_plan"]["committed"]["committed_utc"]
+    assert f"The analysis plan was committed with audit-plan at {committed_utc}" in text
+    assert f"Every one of the {run['score_store']['computed']:,} scores was computed by this run after that" in text
+    assert "committed with audit-plan before any score used in it was computed" in text.split('id="declaration"', 1)[1]
+    assert "nothing in the records shows that the plan came first" not in text
+    records = json.loads((root / "committed" / "report_records.json").read_text())
+    assert records["procedure"]["status"] == "computed_in_run" and records["procedure"]["committed"]
