@@ -74,6 +74,14 @@ def test_procedure_status_follows_the_times_in_the_records():
     ok = procedure_record(_meta(committed=True, score_store={"reused": 120, "computed": 0}, score_provenance=after))
     assert ok["status"] == "reused_after_plan" and ok["order_ok"]
     assert procedure_record({})["status"] == "unknown"
+    # the shape run.json records (audit.store.provenance_summary)
+    real = {"run": "rerun", "attacks": {"loss": {"computed": 0, "reused": 120, "computed_at": {"earliest": None,
+            "latest": None}, "reused_computed_at": {"earliest": "2026-11-30T08:00:00.5+00:00",
+            "latest": "2026-11-30T08:05:00+00:00"}, "reused_from_runs": ["11-30_demo"],
+            "reused_plan_sha256": ["y" * 64], "reused_under_other_plan": 120}}}
+    rec = procedure_record(_meta(score_store={"reused": 120, "computed": 0}, score_provenance=real), "x" * 64)
+    assert rec["status"] == "scores_predate_plan" and rec["source_runs"] == ["11-30_demo"]
+    assert rec["reused_earliest"].startswith("2026-11-30T08:00:00") and rec["other_plans"] == ["y" * 64]
     # provenance as a list, and totals beside the per-attack entries, are read too
     listed = procedure_record(_meta(score_provenance={"attacks": [dict(prov["loss"], attack="loss")]}))
     assert listed["status"] == "scores_predate_plan" and listed["per_attack"][0]["attack"] == "loss"

@@ -68,6 +68,9 @@ def test_a_rerun_that_reuses_every_score_from_the_store_does_not_claim_that_its_
     assert _label(t2).startswith("exploratory")
     assert "before any score used in it was computed" not in t2 and "before any of its scores was computed" not in t2
     assert "records do not show that the analysis plan preceded the scores" in t2.split('id="declaration"', 1)[1]
+    proc = json.loads((root / "second" / "report_records.json").read_text())["procedure"]
+    assert proc["status"] == "scores_predate_plan" and proc["source_runs"] == ["first"]
+    assert "computed by the run first" in t2 and "before this plan was declared" in t2
 
 
 def test_a_run_after_audit_plan_that_computes_its_scores_says_that_its_plan_came_first(setup):

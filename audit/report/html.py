@@ -408,7 +408,8 @@ def limitations(result: AuditResult) -> list[str]:
         "whether the model saw these exact files, other copies or near-duplicates of them (resized, cropped, "
         "re-encoded), or derivative works.",
         "The model is identified by the SHA-256 of its files. Whether those are the weights of a deployed "
-        "product is outside this report.",
+        "product rests on how they were obtained and kept (stated in the case file, shown under \"The model "
+        "audited\"), which the tool cannot check.",
         "Exploratory results (every attack other than the primary statistic, the second set-level test, "
         "per-attack tables) are not corrected for multiple comparisons and must not be quoted as confirmatory.",
         "Storey's estimate of the number of member suspects is noisy when there are few suspects, it is clipped "

@@ -46,7 +46,9 @@ def _int(v: Any) -> int | None:
 
 
 def _attack_rows(prov: Any) -> list[dict[str, Any]]:
-    """``score_provenance`` → one row per attack: attack, computed, reused, earliest, latest, runs, plans."""
+    """``score_provenance`` (``audit.store.provenance_summary``: ``{"attacks": {name: {"computed", "reused",
+    "reused_computed_at": {"earliest", "latest"}, "reused_from_runs", "reused_plan_sha256", ...}}}``) → one row per
+    attack: attack, computed, reused, earliest / latest computed_at of the reused scores, runs, plans."""
     if isinstance(prov, dict) and isinstance(prov.get("attacks"), (dict, list)):
         prov = prov["attacks"]
     items: list[tuple[str, dict[str, Any]]] = []
@@ -56,15 +58,16 @@ def _attack_rows(prov: Any) -> list[dict[str, Any]]:
         items = [(str(v.get("attack", i)), v) for i, v in enumerate(prov) if isinstance(v, dict)]
     rows = []
     for name, v in items:
+        nested = v.get("reused_computed_at") if isinstance(v.get("reused_computed_at"), dict) else {}
         runs = _first(v, "source_runs", "reused_from_runs", "runs", "reused_from")
         plans = _first(v, "source_plans", "plan_sha256s", "reused_plan_sha256", "plans")
         rows.append({
             "attack": name,
             "computed": _int(_first(v, "computed", "n_computed", "computed_in_run", "computed_here")) or 0,
             "reused": _int(_first(v, "reused", "n_reused")) or 0,
-            "earliest": _first(v, "reused_earliest_computed_at", "earliest_computed_at", "reused_earliest",
-                               "earliest"),
-            "latest": _first(v, "reused_latest_computed_at", "latest_computed_at", "reused_latest", "latest"),
+            "earliest": _first(nested, "earliest") or _first(v, "reused_earliest_computed_at", "reused_earliest"),
+            "latest": _first(nested, "latest") or _first(v, "reused_latest_computed_at", "reused_latest"),
+            "under_other_plan": _int(v.get("reused_under_other_plan")) or 0,
             "runs": [str(r) for r in runs] if isinstance(runs, (list, tuple)) else ([str(runs)] if runs else []),
             "plans": [str(p) for p in plans] if isinstance(plans, (list, tuple)) else ([str(plans)] if plans else []),
         })
