@@ -135,7 +135,7 @@ def _markdown(rows, a, td, n_mem, n_non) -> str:
              f"UNet fine-tune from the base, {a.full_steps} steps); {n_non} held-out works of the same artist are the "
              "non-members. Every work is matched against the extraction of its own caption "
              f"({a.n} guided samples per distinct caption, {a.steps} DDIM steps; clusters: tiled ℓ2 ≤ 0.12, medoids of "
-             "the 4 largest). w = 1 is plain sampling from the fine-tune (generate-and-match), w = 3 extrapolates "
+             "the 8 largest). w = 1 is plain sampling from the fine-tune (generate-and-match), w = 3 extrapolates "
              "along fine-tune − base (FineXtract's model guidance). CPU, 1 torch thread.", "",
              "Command: `python scripts/extraction_benchmark.py --target-dir " + str(td) + "`", "",
              "| fine-tune | w | AUC `recon_extract_cluster` [95% CI] | AUC `recon_extract_tiled_l2` | "

@@ -100,7 +100,7 @@ class ExtractConfig:
     model_guidance: float = 3.0
     text_guidance: float = 0.0
     cluster_threshold: float = 0.12
-    top_clusters: int = 4
+    top_clusters: int = 8
     tiles: int = 4
     prompt: str = "{caption}"
     base: dict[str, Any] | None = None

@@ -60,7 +60,7 @@ class ExtractionSettings:
     model_guidance: float = 3.0
     text_guidance: float = 0.0
     cluster_threshold: float = 0.12
-    top_clusters: int = 4
+    top_clusters: int = 8
     tiles: int = 4
     batch_size: int = 32
     prompt: str = "{caption}"
@@ -100,6 +100,8 @@ def guided_samples(target: Target, base: Target, prompt: str | None, seeds: Sequ
     """uint8 ``[len(seeds), 3, H, W]``: deterministic samples under model guidance (see the module docstring)."""
     shape = diffusion_shape(target)
     ts = [int(t) if float(t).is_integer() else float(t) for t in target.process.sampling_timesteps(s.steps)]
+    # pixel models trained with clipped samples are sampled with x̂0 clipped, as generate-and-match does
+    clip = bool(target.scheduler.config.get("clip_sample", False)) and target.info.kind == "pixel"
     out = []
     with torch.inference_mode():
         cond_t = target.encode_text([prompt]) if target.conditional else None
@@ -122,7 +124,7 @@ def guided_samples(target: Target, base: Target, prompt: str | None, seeds: Sequ
                     eps = e_b + s.model_guidance * (e_ft - e_b)
                 if ut is not None:
                     eps = eps + s.text_guidance * (e_ft - target.predict_noise(x, t, ut))
-                x = ddim_move(target, x, eps, t, t_next)
+                x = ddim_move(target, x, eps, t, t_next, clip_x0=clip)
             out.append(to_uint8(to_pixels(target, x)))
     return torch.cat(out)
 
