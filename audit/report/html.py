@@ -283,11 +283,11 @@ def _how_many(result: AuditResult) -> str | None:
         col, lo, hi = per
         against = (f"Each suspect is compared only with the controls of its own {col} "
                    + (f"({lo:,} per {col})" if lo == hi else f"({lo:,} to {hi:,} per {col})")
-                   + f"; a claim about one work at α = {plan.alpha:g} after correcting for the others needs at least "
-                   f"{a.min_controls_per_artwork:,} controls in its own {col}.")
+                   + f", so no single work's p-value can be smaller than one over the number of its {col}'s controls "
+                   "plus one.")
     else:
-        against = (f"Each work is compared with all {a.n_control:,} controls; a claim about one work at α = "
-                   f"{plan.alpha:g} after correcting for the others needs at least {a.min_controls_per_artwork:,}.")
+        against = (f"Each work is compared with all {a.n_control:,} controls, so no single work's p-value can be "
+                   "smaller than one over their number plus one.")
     if k == 0:
         return (f"How many? The per-work analysis (closed testing on the per-work p-values of attack '{a.attack}') "
                 f"does not establish, at {conf:g}% confidence, that any particular number of the {a.n_bound} suspect "
