@@ -1,8 +1,9 @@
 """Checks on a composed config before anything is built, loaded or written (issue 25).
 
-* :func:`check_instantiable` — only the project's own classes and functions (``audit.*``, defined in an
-  ``audit`` module) may be named by a ``_target_``; ``builtins.open``, ``shutil.copyfile``, ``pathlib.Path.touch``
-  or ``audit.store.os.system`` are refused in one line (Hydra's own block list stops only a few names).
+* :func:`check_instantiable` — only the project's own classes (defined in an ``audit`` module) and its documented
+  factory :func:`audit.targets.load_target` may be named by a ``_target_``; ``builtins.open``, ``shutil.copyfile``,
+  ``pathlib.Path.touch``, ``audit.store.os.system`` or ``audit.io.write_json`` are refused in one line (Hydra's own
+  block list stops only a few names).
 * :func:`check_no_secrets` — a credential is never written: not in a header, not in a URL, not as the *value* of
   ``api_key_env`` (which names an environment variable). Run before the config is written anywhere.
 * :func:`check_report_names` — report file names are plain names that cannot overwrite the run's records.
@@ -62,8 +63,16 @@ def _project_object(dotted: str) -> bool:
         except AttributeError:
             return False
         module = getattr(obj, "__module__", None) or ""
-        return callable(obj) and (module == "audit" or module.startswith("audit."))
+        if not (module == "audit" or module.startswith("audit.")):
+            return False
+        # classes of the project; of its functions only the documented factories (a function such as
+        # audit.io.write_json would write wherever a crafted config says)
+        return isinstance(obj, type) or f"{module}.{getattr(obj, '__qualname__', '')}" in FACTORIES
     return False
+
+
+#: the project's functions a config may name as ``_target_`` (besides its classes)
+FACTORIES = frozenset({"audit.targets.loading.load_target"})
 
 
 def check_instantiable(cfg: Any, skip: tuple[str, ...] = ("hydra",)) -> None:

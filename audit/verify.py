@@ -483,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="after a successful verification, sign checksums.json with this Ed25519 key (PEM)")
     ap.add_argument("--keygen", action="store_true",
                     help="write a new Ed25519 key pair: FOLDER is then the private key's path (public: .pub)")
+    ap.add_argument("--rescore", metavar="N", default=None,
+                    help="also recompute N of the stored scores (or 'all') with the model and the works on disk "
+                         "(audit.rescore); the reused ones first")
+    ap.add_argument("--target-source", default=None, help="with --rescore: where the model lies on this machine")
+    ap.add_argument("--device", default="cpu", help="with --rescore: cpu, cuda or cuda:N (default cpu)")
     args = ap.parse_args(argv)
     if args.keygen:
         print(f"public key: {keygen(args.folder)}")
@@ -491,6 +496,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audit-verify: {args.folder} is not a folder", file=sys.stderr)
         return 2
     v = verify(args.folder, recompute=not args.no_recompute)
+    if args.rescore is not None:
+        from audit.rescore import rescore
+
+        if str(args.rescore) != "all" and not str(args.rescore).isdigit():
+            print("audit-verify: error: --rescore takes a number of scores or 'all'", file=sys.stderr)
+            return 2
+        problems, notes = rescore(args.folder, None if args.rescore == "all" else int(args.rescore),
+                                  target_source=args.target_source, device=args.device)
+        v.problems.extend(problems)
+        v.notes.extend(notes)
     if args.public_key is not None:
         bad = check_signature(args.folder, args.public_key)
         if bad:

@@ -337,6 +337,7 @@ def _refused(cfg, out: Path, match: str):
     ("+attack.evil={_target_:shutil.copyfile,src:VICTIM,dst:VICTIM2}", "only the project's own classes"),
     ("+attack.evil={_target_:pathlib.Path.touch,self:VICTIM2}", "only the project's own classes"),
     ("+attack.evil={_target_:audit.store.os.system,_args_:[touch VICTIM2]}", "only the project's own classes"),
+    ("+attack.evil={_target_:audit.io.write_json,path:VICTIM,obj:1}", "only the project's own classes"),
 ])
 def test_only_project_classes_are_instantiable(manifest, tmp_path, no_model, override, message):
     victim = tmp_path / "victim.txt"
@@ -425,3 +426,40 @@ def test_audit_verify_into_a_closed_pipe_has_no_traceback(genuine):
     proc = subprocess.run(f"{sys.executable} -c 'from audit.verify import console; console()' {genuine} | head -c 1",
                           shell=True, capture_output=True, text=True, timeout=300)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------ 1b. audit-verify --rescore
+def test_rescore_recomputes_reused_scores_and_catches_rewritten_ones(memorized_ddpm, tmp_path, capsys):
+    from audit.data import write_manifest
+    from audit.pipeline import analyze_and_report, run_audit
+
+    rows = [{"path": str(p), "role": "suspect"} for p in memorized_ddpm.member_paths[:6]]
+    rows += [{"path": str(p), "role": "control"} for p in memorized_ddpm.held_out_paths[:10]]
+    manifest = write_manifest(rows, tmp_path / "manifest.csv")
+    ov = [f"target.source={memorized_ddpm.model_dir}", "target.local_files_only=true", f"data.manifest={manifest}",
+          "attack=[loss]", "attack.loss.timesteps=[100]", f"score_store={tmp_path / 'store'}", "report.formats=[html]",
+          "stats.gates=[placebo]", "stats.n_placebo=50", "stats.n_permutations=200", "stats.n_bootstrap=50"]
+    run_audit(_cfg(ov), tmp_path / "first")
+    run_audit(_cfg(ov), tmp_path / "second")  # every score reused from the store
+    folder = tmp_path / "second"
+    meta = json.loads((folder / io.RUN).read_text())
+    assert meta["score_provenance"]["attacks"]["loss"]["reused"] == 16
+    assert meta["score_provenance"]["attacks"]["loss"]["reused_from_runs"] == ["first"]
+    assert verify.main([str(folder), "--rescore", "5"]) == 0
+    assert "5 of 5 sampled scores recomputed with the model agree" in capsys.readouterr().out
+
+    # someone rewrites the suspects' scores, recomputes the analysis and the report and reseals: the folder
+    # verifies, but the scores no longer follow from the model
+    run = io.read_run(folder)
+    df = run.scores.df.copy()
+    df.loc[df.role == "suspect", "score"] -= 1.0
+    df.to_parquet(folder / io.SCORES, index=False)
+    run = io.read_run(folder)
+    plan = io.plan_from_values(json.loads((folder / io.PLAN).read_text())["plan"])
+    analyze_and_report(run, plan, {"enabled": True, "formats": ["html"]}, folder)
+    verify.seal(folder)
+    assert verify.main([str(folder)]) == 0
+    capsys.readouterr()
+    assert verify.main([str(folder), "--rescore", "all"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("recomputed with the model") == 6  # the 6 suspects' rewritten scores, by image
