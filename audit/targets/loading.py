@@ -274,6 +274,9 @@ def _given_conditioning(options: dict[str, Any], metadata_files: list[tuple[Path
     if not use_metadata:
         return given, ({"files": [], "note": "target.use_training_metadata=false: not read"} if metadata_files else {})
     records = [read_training_metadata(p, role) for p, role in metadata_files]
+    # a model folder's own weight files only when a trainer left training keys in them (diffusers writes none)
+    records = [r for r, (_, role) in zip(records, metadata_files) if role != "weights in the model folder"
+               or r.status == "read"]
     if not records:
         return given, {}
     implied = scoring_defaults(records)
@@ -394,6 +397,9 @@ def load_target(
 
     # files whose safetensors header may say how the model was trained (read without loading tensors)
     metadata_files: list[tuple[Path, str]] = [(single, "single file")] if single_file else []
+    if not single_file:
+        for sub in ("unet", "transformer"):
+            metadata_files += [(p, "weights in the model folder") for p in sorted((folder / sub).glob("*.safetensors"))[:8]]
     lora_names: list[str] = []
     if lora_specs:
         if not hasattr(pipe, "load_lora_weights"):

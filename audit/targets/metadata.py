@@ -259,11 +259,12 @@ def read_training_metadata(path: str | Path, role: str = "lora") -> TrainingMeta
                 rec.parsed[key] = json.loads(v)
             except (ValueError, RecursionError):
                 pass  # kept as text; listed as unparsed
-        rec.tensor_data_sha256 = _hash_after(p, 8 + n)
-        rec.legacy_hash = kohya_model_hash(p)
         rec.status = "read" if rec.training_keys else "none"
         if rec.status == "none":
             rec.reason = "no training metadata (no ss_* or modelspec.* keys)"
+        elif "sshs_model_hash" in meta or "sshs_legacy_hash" in meta:  # the trainer's hashes of this file: recompute
+            rec.tensor_data_sha256 = _hash_after(p, 8 + n)
+            rec.legacy_hash = kohya_model_hash(p)
     except MetadataRefused as e:
         rec.status, rec.reason, rec.raw, rec.parsed = "refused", str(e), {}, {}
     except OSError as e:
