@@ -304,6 +304,15 @@ def verify(folder: str | Path, recompute: bool = True) -> Verification:
         return v
     if sealed.get("altered"):
         v.problems.append("sealed as made from altered data: " + "; ".join(map(str, sealed["altered"])))
+    regen = d / io.REGENERATED
+    if regen.is_file() and not regen.is_symlink():  # the regeneration's own record of what failed stays binding
+        try:
+            listed = json.loads(regen.read_text()).get("verification_problems") or []
+        except (ValueError, AttributeError):
+            listed = ["regenerated.json is not readable"]
+        if listed and not sealed.get("altered"):
+            v.problems.append(f"{io.REGENERATED} says the report was regenerated from data that failed verification "
+                              "(" + "; ".join(map(str, listed))[:300] + "), but the seal does not")
 
     for bad in not_regular(d):
         v.problems.append(f"not allowed in a results folder (not followed): {bad}")

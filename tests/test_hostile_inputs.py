@@ -463,3 +463,19 @@ def test_rescore_recomputes_reused_scores_and_catches_rewritten_ones(memorized_d
     assert verify.main([str(folder), "--rescore", "all"]) == 1
     out = capsys.readouterr().out
     assert out.count("recomputed with the model") == 6  # the 6 suspects' rewritten scores, by image
+
+
+def test_stripping_altered_from_the_seal_does_not_verify(genuine, tmp_path):
+    folder = _copy(genuine, tmp_path / "run")
+    (folder / "notes.txt").write_text("added after sealing")
+    _regenerate([str(folder), "--allow-altered", "--formats", "html"])
+    seal = json.loads((folder / io.CHECKSUMS).read_text())
+    assert seal["altered"]
+    seal["altered"] = []
+    blob = json.dumps(seal, indent=1, sort_keys=True).encode()
+    (folder / io.CHECKSUMS).write_bytes(blob)
+    import hashlib
+
+    (folder / io.COMPLETE).write_text(hashlib.sha256(blob).hexdigest() + "\n")
+    v = verify.verify(folder)
+    assert not v.ok and any("regenerated from data that failed verification" in p for p in v.problems)
