@@ -107,7 +107,7 @@ def black_box_defaults(names: tuple[str, ...] = BLACK_BOX_DEFAULTS) -> dict[str,
     """The attacks ``names`` as configured in ``configs/attack/<name>.yaml``."""
     from pathlib import Path
 
-    from audit.cli import CONFIG_DIR
+    from audit import CONFIG_DIR
 
     folder = Path(CONFIG_DIR) / "attack"
     out = {}
