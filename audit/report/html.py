@@ -718,7 +718,19 @@ def _alt_facts(result: AuditResult, records: dict[str, Any], rejected: list[dict
             "calibrated": any("calibrated" in a.attack for a in result.attacks
                               if a.attack in (result.plan.features or (result.primary_attack,))),
             "selection": sel, "committed": records["procedure"].get("committed"), "cutoff": basis.get("cutoff"),
-            "n_flagged": basis.get("n_flagged", 0), "controls_without_basis": basis.get("controls_without_basis", 0)}
+            "n_flagged": basis.get("n_flagged", 0), "controls_without_basis": basis.get("controls_without_basis", 0),
+            "controls_date_free": _date_free_bases(basis), "adjust": getattr(result.plan, "adjust", None)}
+
+
+def _date_free_bases(basis: dict[str, Any]) -> str | None:
+    """The controls' bases when every control has one that does not rest on a date (unpublished, held out)."""
+    from audit.report.basis import NOT_IN_TRAINING_BASES
+
+    rows = [r for r in basis.get("rows") or [] if r["role"] == basis.get("control_role") and r["total"]]
+    if not rows or not rows[0]["bases"] or rows[0]["n_without_basis"]:
+        return None
+    names = [b["value"] for b in rows[0]["bases"]]
+    return ", ".join(names) if all(n in NOT_IN_TRAINING_BASES for n in names) else None
 
 
 def _thumbnails(result: AuditResult, images: pd.DataFrame | None, features: pd.DataFrame | None,

@@ -350,6 +350,8 @@ def alternative_explanations(f: dict[str, Any]) -> list[dict[str, str]]:
                  + (" The primary statistic is calibrated against a reference model, which removes how hard each work "
                     "is for any model of this family." if f.get("calibrated") else
                     " No reference model calibrates the scores.")
+                 + (f" The analysis plan adjusts the scores for image difficulty (stats.adjust = {f['adjust']})."
+                    if f.get("adjust") not in (None, "none") else "")
                  + (" Known non-training works were compared with the controls (negative control): "
                     f"{f['negative']}" if f.get("negative") else "")),
         "status": "examined" if blind.get("status") in ("pass", "fail") else "partly"})
@@ -380,9 +382,14 @@ def alternative_explanations(f: dict[str, Any]) -> list[dict[str, str]]:
                 + (" The plan (and the works' SHA-256) were committed before scoring." if f.get("committed") else ""),
         "status": "examined" if chosen and blind_sel is not None else "not examined"})
     cut = f.get("cutoff")
+    status = "examined" if cut else "not examined"
     if cut:
         done = (f"Cutoff check against the case file's data cutoff ({cut}): {f.get('n_flagged', 0)} control(s) may have "
                 "been published before it (named in the basis section).")
+    elif f.get("controls_date_free"):
+        done = (f"Every control's stated basis ({f['controls_date_free']}) does not rest on a date, so no cutoff check "
+                "applies; that basis is the chooser's statement, which the records cannot check.")
+        status = "partly"
     else:
         done = "No data cutoff is stated, so the controls' dates could not be checked against it."
     if f.get("controls_without_basis"):
@@ -391,7 +398,7 @@ def alternative_explanations(f: dict[str, Any]) -> list[dict[str, str]]:
         "explanation": "Contaminated controls: some controls were in the training data after all (published before "
                        "the cutoff, or copies of them scraped). This hides membership rather than creating it, but it "
                        "makes the per-work p-values and the power wrong.",
-        "done": done, "status": "examined" if cut else "not examined"})
+        "done": done, "status": status})
     pc = f.get("positive") or {}
     rows.append({
         "explanation": "The method does not work on this model (the scores carry no membership signal), so any "
