@@ -382,6 +382,9 @@ def _decision_rates_sentence(result: AuditResult) -> str | None:
     else:
         bits.append("its power could not be measured")
     txt = f"How often is this procedure wrong? Measured on {where}, " + "; ".join(bits) + "."
+    if fpr:
+        txt += (" Those trials draw the innocent works from the controls themselves, so the rate holds when the "
+                "comparison works are a fair comparison; mis-chosen ones raise it (below).")
     if dr.get("note"):
         txt += f" {dr['note']}"
     return txt
