@@ -208,7 +208,8 @@ def _runs(proc: dict[str, Any]) -> str:
     runs = proc.get("source_runs") or []
     if not runs:
         return ""
-    shown = ", ".join(f"`{r}`" for r in runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+    shown = ", ".join(f"`{r}`" for r in runs[:4]) + (" and others (all named in `report_records.json`)"
+                                                     if len(runs) > 4 else "")
     return f" by the run{'s' if len(runs) > 1 else ''} {shown}"
 
 
