@@ -15,7 +15,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["add_lora_calibration", "choose_default_primary", "conditioning_decision", "fit_default_attacks",
+__all__ = ["add_lora_calibration", "adjustment_decision", "choose_default_primary", "conditioning_decision",
+           "fit_default_attacks",
            "CALIBRATED_NAME", "DEFAULT_ATTACKS"]
 
 CALIBRATED_NAME = "loss_calibrated"
@@ -177,3 +178,22 @@ def conditioning_decision(target: Any) -> str:
     if not parts:
         return ""
     return "Target conditioning (scored as trained): " + "; ".join(parts) + "."
+
+
+#: where the difficulty-adjustment default was measured (scripts/difficulty_benchmark.py, scripts/gating_simulation.py)
+ADJUSTMENT_TABLES = ("results/difficulty/difficulty.md", "results/gating/gating.md")
+
+
+def adjustment_decision(cfg: DictConfig, plan: Any) -> str:
+    """One sentence for plan.json: whether the scores are difficulty-adjusted and why (``stats.adjust``).
+
+    The default (``features``, configs/stats/default.yaml) was chosen by measurement: on every committed ground
+    truth it measured (the demo DDPM, the SD-layout LoRA, two Flux-layout LoRAs) it needed as few or fewer suspects
+    for 80% power at α = 0.01 at the same null false-positive rate (e.g. a Flux LoRA: power at 30 suspects 0.53 →
+    0.90), and in the simulated 0.5-SD model-free confound it turned most false convictions into non-rejections."""
+    if plan.adjust == "features":
+        return ("Scores difficulty-adjusted before testing (stats.adjust=features): each score minus what the "
+                "model-free image features predict (cross-fitted ridge, fitted on all works without their roles, so "
+                "every test stays exact); the default chosen by measurement (" + ", ".join(ADJUSTMENT_TABLES) + "). "
+                "stats.adjust=none tests the raw scores."))
+    return "Raw scores tested (stats.adjust=none): no difficulty adjustment."
