@@ -195,5 +195,5 @@ def adjustment_decision(cfg: DictConfig, plan: Any) -> str:
         return ("Scores difficulty-adjusted before testing (stats.adjust=features): each score minus what the "
                 "model-free image features predict (cross-fitted ridge, fitted on all works without their roles, so "
                 "every test stays exact); the default chosen by measurement (" + ", ".join(ADJUSTMENT_TABLES) + "). "
-                "stats.adjust=none tests the raw scores."))
+                "stats.adjust=none tests the raw scores.")
     return "Raw scores tested (stats.adjust=none): no difficulty adjustment."
