@@ -17,6 +17,7 @@ def _tiny(root, **kw) -> DemoScenario:
     return DemoScenario(**params)
 
 
+@pytest.mark.slow
 def test_scenario_builds_manifest_and_model_with_recorded_membership(tmp_path):
     scen = _tiny(tmp_path / "demo")
     assert not scen.is_ready()
@@ -39,6 +40,7 @@ def test_scenario_builds_manifest_and_model_with_recorded_membership(tmp_path):
             assert name in nonmember_names
 
 
+@pytest.mark.slow
 def test_scenario_is_cached_and_rebuilt_when_parameters_change(tmp_path):
     scen = _tiny(tmp_path / "demo")
     scen.prepare(progress=False)

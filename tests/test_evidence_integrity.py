@@ -220,6 +220,7 @@ def test_any_count_of_at_least_one_gives_an_analysis_and_a_report(tmp_path, n_s,
     assert (folder / "report.html").is_file() and verify.verify(folder).ok
 
 
+@pytest.mark.slow
 def test_one_suspect_against_twenty_controls_end_to_end(memorized_ddpm, tmp_path):
     """The most common real question, "was *my* work trained on?": one suspect, 20 controls, a real model."""
     from hydra import compose, initialize_config_dir

@@ -269,6 +269,7 @@ def test_long_captions_refused_in_one_line_and_unbroken_text_is_breakable(tmp_pa
     assert out.count("\u200b") == 24 and _breakable("f" * 64) == "f" * 64  # a SHA-256 stays whole
 
 
+@pytest.mark.slow
 def test_pdf_of_a_report_with_a_long_unbroken_caption_takes_no_longer(tmp_path):
     """Before: a 2,000-character unbroken caption added ~20 s per table cell to the PDF (52 s in the probe)."""
     import time
@@ -392,6 +393,7 @@ SECRET = "sk-live-4f9a8b7c6d5e4f3a2b1c"
     f"target.base_url=https://user:{SECRET}@api.example.com",
     f"target.base_url='https://api.example.com/?api_key={SECRET}'",
 ])
+@pytest.mark.slow
 def test_a_credential_never_reaches_disk(manifest, tmp_path, override):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
@@ -429,6 +431,7 @@ def test_audit_verify_into_a_closed_pipe_has_no_traceback(genuine):
 
 
 # ------------------------------------------------------------------------ 1b. audit-verify --rescore
+@pytest.mark.slow
 def test_rescore_recomputes_reused_scores_and_catches_rewritten_ones(memorized_ddpm, tmp_path, capsys):
     from audit.data import write_manifest
     from audit.pipeline import analyze_and_report, run_audit

@@ -153,6 +153,7 @@ def test_lora_changes_output_and_round_trips(base, tmp_path):
     assert any(not torch.equal(sd[k], other[k]) for k in sd)
 
 
+@pytest.mark.slow
 def test_trained_lora_is_deterministic_and_base_frozen(base, tmp_path):
     x = _images(4)
     caps = ["a red circle", "a blue square", "a green line", "a dot"]
@@ -165,6 +166,7 @@ def test_trained_lora_is_deterministic_and_base_frozen(base, tmp_path):
     assert not torch.allclose(_unet_out(load_sd_pipeline(base, a)), _unet_out(load_sd_pipeline(base)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_tiny_sd_changes_weights_deterministically(base, tmp_path):
     x = _images(6)
     caps = ["a red circle"] * 3 + ["a blue square"] * 3

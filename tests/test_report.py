@@ -161,6 +161,7 @@ def _pdf_pages(pdf: bytes) -> int:
     return sum(len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", c)) for c in chunks)
 
 
+@pytest.mark.slow
 def test_write_reports_writes_html_and_a_paged_pdf(tmp_path, audit_inputs):
     result, scores, images, rejected, metadata = audit_inputs
     written = write_reports(result, scores, images, rejected, metadata, tmp_path, formats=["html", "pdf"])
@@ -344,6 +345,7 @@ def test_thumbnails_pair_each_suspect_with_its_nearest_same_artist_controls_and_
     assert 'id="thumbnails"' in html_text and html_text.count('alt="suspect ') == 3
 
 
+@pytest.mark.slow
 def test_the_pdf_has_an_outline_of_the_report_sections(tmp_path, audit_inputs):
     pytest.importorskip("weasyprint")
     from audit.report.browser import pdf_outline
@@ -359,6 +361,7 @@ def test_the_pdf_has_an_outline_of_the_report_sections(tmp_path, audit_inputs):
         assert t in titles
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_headless_chromium(tmp_path, audit_inputs):
     from audit.report.browser import check_in_browser, find_browser
 

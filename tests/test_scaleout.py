@@ -89,6 +89,7 @@ def test_batches_are_assigned_by_content_balanced_and_complete():
     assert assign_batches(ids, BS, 3) != assign_batches(ids[::-1], BS, 3)
 
 
+@pytest.mark.slow
 def test_shard_jobs_killed_rerun_alone_then_merge_equal_single(setup, single, tmp_path, monkeypatch):
     """Shard 0 dies in its second batch; rerun alone it computes only its unfinished batches (counted); the merge
     refuses while shard 1 is missing, then writes scores identical to the single-process run, without the model."""
@@ -158,6 +159,7 @@ def test_shard_jobs_killed_rerun_alone_then_merge_equal_single(setup, single, tm
     assert (merged / "report.html").is_file() and verify.verify(merged, recompute=False).ok
 
 
+@pytest.mark.slow
 def test_local_launcher_two_shards_equal_single(setup, single, tmp_path):
     """audit-run -m launcher=local runtime.shards=2: two shard processes (submitit's local executor) + the merge."""
     model_dir, manifest, _ = setup
@@ -184,6 +186,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes_equal_single(setup, single, tmp_path):
     """accelerate launch --multi_gpu --num_processes 2 (torchrun underneath; CPU processes here, runtime=cpu)."""
     model_dir, manifest, _ = setup
@@ -205,6 +208,7 @@ def test_accelerate_two_processes_equal_single(setup, single, tmp_path):
     assert "rank 1 of 2 scored" in proc.stdout
 
 
+@pytest.mark.slow
 def test_slurm_dry_run_writes_the_submission_for_four_shards(setup, tmp_path):
     model_dir, manifest, _ = setup
     cmd = [sys.executable, "-m", "audit", "-m", "launcher=slurm", "runtime.shards=4", "hydra.launcher.dry_run=true",
@@ -276,6 +280,7 @@ def test_bad_scale_config_exits_2_in_one_line_before_the_model_loads(setup, tmp_
     assert err.startswith("audit-run: error: runtime.shards=3 needs a launcher")
 
 
+@pytest.mark.slow
 def test_speed_settings_keep_scores_and_probe_finds_largest_batch(untrained_ddpm, tmp_path):
     from audit.attacks import LossAttack
     from audit.groundtruth.ddpm import build_ddpm, save_ddpm

@@ -143,6 +143,7 @@ def test_scores_are_on_disk_before_the_analysis(memorized_ddpm, tmp_path, monkey
     assert not v.ok and "unfinished" in v.problems[0]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_scoring_then_rerun_recomputes_nothing_finished(memorized_ddpm, tmp_path):
     """The issue's probe with a real SIGKILL of `audit-run` (python -m audit) during scoring."""
     import os

@@ -35,6 +35,7 @@ def trained(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_target_writes_loadable_model_and_membership(trained: Path):
     target = load_target(str(trained), local_files_only=True)
     assert target.info.kind == "pixel" and target.info.resolution == 16
@@ -49,6 +50,7 @@ def test_train_target_writes_loadable_model_and_membership(trained: Path):
     assert not (trained / "checkpoint.pt").exists()  # removed once the model is saved
 
 
+@pytest.mark.slow
 def test_ddpm_training_resumes_bit_exactly(tmp_path):
     """An interrupted run resumed from its checkpoint ends with the weights of an uninterrupted run."""
     from audit.groundtruth.ddpm import build_ddpm, train_ddpm
@@ -96,6 +98,7 @@ def test_split_is_seeded_and_refuses_impossible_requests():
         split_members(entries, 5, 6, seed=0, groups=["a"])
 
 
+@pytest.mark.slow
 def test_benchmark_end_to_end_detects_memorisation(trained: Path, tmp_path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("benchmark", overrides=[

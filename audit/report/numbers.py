@@ -27,8 +27,10 @@ from typing import Any, Iterable
 __all__ = ["formatted_forms", "recorded_numbers", "report_numbers", "unexplained_numbers"]
 
 # a number not glued to letters / other digits: 16, 0.0001, 1.06e-10, 10,000, 95%, −0.183
-_NUMBER = re.compile(r"(?<![\w.,/])[-−]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?(?![\w])"
-                     r"|(?<![\w.,/])[-−]?\d+(?:\.\d+)?(?:e[-+−]?\d+)?%?(?![\w])")
+# (a CJK character is not part of a number's word: "共12件" is scanned like "12 works")
+_W = r"[^\W\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]"
+_NUMBER = re.compile(rf"(?<!{_W})(?<![.,/])[-−]?\d{{1,3}}(?:,\d{{3}})+(?:\.\d+)?%?(?!{_W})"
+                     rf"|(?<!{_W})(?<![.,/])[-−]?\d+(?:\.\d+)?(?:e[-+−]?\d+)?%?(?!{_W})")
 _SKIP_TAGS = {"code", "pre", "style", "script", "title", "h1", "h2", "h3", "h4", "svg", "cite", "time"}
 # identifiers and user text from the manifest, not numbers the audit computed
 _SKIP_CLASSES = {"path", "caption"}
