@@ -102,9 +102,81 @@ def main() -> None:
                                             "member": float((dist[roles == "member"] < thr).mean()),
                                             "nonmember_heldout": float((dist[test_non] < thr).mean())}
             rows.append(row)
+    rows += _pixel_case(out, done, cache, a)
     (out / "extraction.json").write_text(json.dumps({"rows": rows, "args": vars(a)}, indent=1))
     (out / "extraction.md").write_text(_markdown(rows, a, td, len(members), len(non)))
     print((out / "extraction.md").read_text())
+
+
+def _pixel_case(out: Path, done: dict, cache: Path, a) -> list[dict]:
+    """A fine-tune that does regenerate its works: a pixel DDPM (16, 32) at 8×8 pre-trained on 32 works of four
+    artists (the base), then trained on 8 member works (the fine-tune); 64 held-out works of the same artists are the
+    non-members. Unconditional: one pool of samples for every work."""
+    import torch
+
+    from audit.groundtruth.ddpm import build_ddpm, save_ddpm, train_ddpm
+    from audit.groundtruth.synthetic import ARTISTS, render_artwork
+    from audit.reconstruction.extract import ExtractionSettings, extract, grid
+    from audit.stats import auc_with_ci
+    from audit.targets import load_target
+    from audit.types import EvidenceSet, ImageRecord
+
+    def evidence_from_tensors(mem: torch.Tensor, hel: torch.Tensor) -> EvidenceSet:
+        import hashlib
+
+        px = torch.cat([mem, hel]).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+        rl = ["member"] * len(mem) + ["nonmember"] * len(hel)
+        return EvidenceSet([ImageRecord(image_id=hashlib.sha256(q.numpy().tobytes()).hexdigest(), path=f"mem://{i}",
+                                        role=r) for i, (q, r) in enumerate(zip(px, rl))], px)
+
+    def render(offset: int, n: int) -> torch.Tensor:
+        arr = np.stack([render_artwork(ARTISTS[i % 4], offset + i, size=8, seed=5) for i in range(n)])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+    root = Path(a.target_dir).parent / "extraction_pixel_ddpm"
+    members, held, other = render(0, 8), render(10_000, 64), render(20_000, 32)
+    if not (root / "finetune" / "model_index.json").is_file():
+        unet, sched = build_ddpm(8, channels=(16, 32), seed=0)
+        train_ddpm(unet, sched, other, steps=800, batch_size=32, lr=3e-3, seed=0, progress=False)
+        save_ddpm(unet, sched, root / "base")
+        train_ddpm(unet, sched, members.repeat(4, 1, 1, 1), steps=200, batch_size=32, lr=1e-3, seed=1, progress=False)
+        save_ddpm(unet, sched, root / "finetune")
+    base = load_target(str(root / "base"), local_files_only=True, device="cpu")
+    tuned = load_target(str(root / "finetune"), local_files_only=True, device="cpu")
+    ev = evidence_from_tensors(members, held)
+    roles = np.array([r.role for r in ev.records])
+    rows = []
+    for w in (1.0, 1.5, 3.0):
+        key = f"pixel DDPM fine-tune | w={w:g}"
+        if key not in done:
+            t0 = time.time()
+            res = extract(tuned, base, ev, ExtractionSettings(n=128, steps=10, model_guidance=w), seed=0)
+            done[key] = {"stats": {k: v.tolist() for k, v in res.stats.items()}, "target_evals": res.target_evals,
+                         "base_evals": res.base_evals, "n_captions": 1, "seconds": round(time.time() - t0, 1),
+                         "clusters": [g["clusters"] for g in res.groups]}
+            cache.write_text(json.dumps(done))
+            if w == 1.5:
+                sc = res.stats["recon_extract_cluster"]
+                order = sorted(np.nonzero(roles == "member")[0], key=lambda i: -sc[i])[:6]
+                order += sorted(np.nonzero(roles == "nonmember")[0], key=lambda i: -sc[i])[:2]
+                (out / "evidence_grid_pixel.png").write_bytes(grid(res, ev, order))
+        d = done[key]
+        row = {"fine_tune": "pixel DDPM fine-tune (8 members, 8×8)", "model_guidance": w, "seconds": d["seconds"],
+               "evals_per_work": (d["target_evals"] + d["base_evals"]) / len(ev), "n_captions": 1}
+        for stat in ("recon_extract_cluster", "recon_extract_tiled_l2"):
+            sc = np.array(d["stats"][stat])
+            auc = auc_with_ci(sc[roles == "member"], sc[roles == "nonmember"])
+            row[stat] = {"auc": float(auc.auc), "ci": [float(auc.lo), float(auc.hi)]}
+        dist = -np.array(d["stats"]["recon_extract_cluster"])
+        row["extracted_abs"] = {r: float((dist[roles == r] <= a.extract_threshold).mean()) for r in ("member", "nonmember")}
+        non_idx = np.nonzero(roles == "nonmember")[0]
+        perm = np.random.default_rng(0).permutation(non_idx)  # random halves (works alternate artists)
+        calib, test_non = perm[: len(perm) // 2], perm[len(perm) // 2:]
+        thr = float(np.quantile(dist[calib], 0.05, method="lower"))
+        row["extracted_at_5pct_fpr"] = {"threshold_tiled_l2": thr, "member": float((dist[roles == "member"] < thr).mean()),
+                                        "nonmember_heldout": float((dist[test_non] < thr).mean())}
+        rows.append(row)
+    return rows
 
 
 def _full_finetune(td: Path, out: Path, ev, steps: int) -> None:
@@ -137,6 +209,10 @@ def _markdown(rows, a, td, n_mem, n_non) -> str:
              f"({a.n} guided samples per distinct caption, {a.steps} DDIM steps; clusters: tiled ℓ2 ≤ 0.12, medoids of "
              "the 8 largest). w = 1 is plain sampling from the fine-tune (generate-and-match), w = 3 extrapolates "
              "along fine-tune − base (FineXtract's model guidance). CPU, 1 torch thread.", "",
+             "Third case, a fine-tune that does regenerate its works: a pixel DDPM (16, 32) at 8×8 pre-trained 800 steps "
+             "on 32 works of four artists (the base), then 200 steps on 8 member works (the fine-tune); 64 held-out works "
+             "of the same artists are the non-members; 128 samples in one pool (unconditional), 10 DDIM steps "
+             "(cached under `<target-dir>/../extraction_pixel_ddpm`).", "",
              "Command: `python scripts/extraction_benchmark.py --target-dir " + str(td) + "`", "",
              "| fine-tune | w | AUC `recon_extract_cluster` [95% CI] | AUC `recon_extract_tiled_l2` | "
              f"extracted (medoid ℓ2t ≤ {a.extract_threshold:g}): members / non-members | at held-out 5% FPR: members / "
@@ -151,7 +227,8 @@ def _markdown(rows, a, td, n_mem, n_non) -> str:
                      f"{r['evals_per_work']:.0f} | {r['seconds']:.0f} |")
     lines += ["", "Evaluations per work = all denoiser calls (fine-tune and base) ÷ works; the samples of a caption are "
               "shared by every work with that caption, so the cost grows with distinct captions, not works.",
-              "Evidence grids (w = 3): `evidence_grid_lora.png`, `evidence_grid_full.png` — the six members closest to "
+              "Evidence grids (w = 3; the pixel case at w = 1.5): `evidence_grid_lora.png`, `evidence_grid_full.png`, "
+              "`evidence_grid_pixel.png` — the six members closest to "
               "an extracted image, then the two closest held-out works for contrast, each beside its nearest "
               "extracted medoids (tiled ℓ2, cluster size, seed)."]
     return "\n".join(lines) + "\n"
