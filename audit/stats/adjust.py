@@ -35,16 +35,24 @@ def fold_of(image_id: str, folds: int) -> int:
     return int(hashlib.sha256(str(image_id).encode()).hexdigest()[:8], 16) % folds
 
 
-def _design(features: pd.DataFrame, ids: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+def _design(features: pd.DataFrame, ids: list[str]) -> tuple[np.ndarray, list[str], list[str], dict[str, int]]:
+    """Standardised feature matrix of ``ids``. A non-finite value is filled with its column's median over these
+    works (label-free, like the rest); a column with no finite value, or a constant one, is dropped."""
     f = features.drop_duplicates("image_id").set_index("image_id")
     cols = [c for c in f.columns if c not in ("role",) and pd.api.types.is_numeric_dtype(f[c])]
     X = f.loc[ids, cols].to_numpy(dtype=float)
+    filled: dict[str, int] = {}
+    for j, c in enumerate(cols):
+        bad = ~np.isfinite(X[:, j])
+        if bad.any() and (~bad).any():
+            X[bad, j] = np.median(X[~bad, j])
+            filled[c] = int(bad.sum())
     finite = np.isfinite(X).all(axis=0)
     sd = np.where(finite, np.nan_to_num(X).std(axis=0), 0.0)
     keep = finite & (sd > 1e-12)
     Xk = X[:, keep]
     Xk = (Xk - Xk.mean(axis=0)) / Xk.std(axis=0) if Xk.shape[1] else Xk
-    return Xk, [c for c, k in zip(cols, keep) if k], [c for c, k in zip(cols, keep) if not k]
+    return Xk, [c for c, k in zip(cols, keep) if k], [c for c, k in zip(cols, keep) if not k], filled
 
 
 def difficulty_adjust(scores: ScoreTable, features: pd.DataFrame | None, folds: int = 5
@@ -59,6 +67,11 @@ def difficulty_adjust(scores: ScoreTable, features: pd.DataFrame | None, folds: 
         raise ValueError("stats.adjust=features needs the model-free image features (features.parquet), which this "
                          "run does not have; use stats.adjust=none")
     df = scores.df
+    bad = df[~np.isfinite(df["score"].to_numpy(dtype=float))]
+    if len(bad):
+        a = bad["attack"].iloc[0]
+        raise ValueError(f"attack {a!r} has {int((bad['attack'] == a).sum())} NaN/infinite scores; fix the scoring run "
+                         "first")
     have = set(features["image_id"])
     missing = sorted(set(df["image_id"]) - have)
     notes: list[str] = []
@@ -76,7 +89,11 @@ def difficulty_adjust(scores: ScoreTable, features: pd.DataFrame | None, folds: 
         per_image = part.groupby("image_id", sort=True)["score"].mean()
         ids = per_image.index.tolist()
         y = per_image.to_numpy(dtype=float)
-        X, used, dropped = _design(features, ids)
+        X, used, dropped, filled = _design(features, ids)
+        if filled:
+            notes.append(f"Difficulty adjustment of {attack!r}: non-finite feature values filled with the column's "
+                         "median over all works (label-free): " + ", ".join(f"{c} ({n})" for c, n in filled.items())
+                         + ".")
         k = int(min(folds, len(ids)))
         pred = np.full(len(ids), float(y.mean()))
         alphas = []
@@ -94,6 +111,6 @@ def difficulty_adjust(scores: ScoreTable, features: pd.DataFrame | None, folds: 
         p2["score"] = p2["score"].to_numpy(dtype=float) - p2["image_id"].map(dict(zip(ids, pred))).to_numpy(float)
         out.append(p2)
         record["attacks"][str(attack)] = {"n_works": len(ids), "r2_out_of_fold": r2, "features": used,
-                                          "dropped": dropped, "ridge_alpha_median": float(np.median(alphas))
+                                          "dropped": dropped, "filled": filled, "ridge_alpha_median": float(np.median(alphas))
                                           if alphas else None}
     return ScoreTable(pd.concat(out, ignore_index=True)), record, notes
