@@ -1,6 +1,7 @@
-"""Command-line entry point: ``audit-run [hydra overrides]`` (or ``python -m audit``).
+"""Command-line entry points: ``audit-run [hydra overrides]`` (or ``python -m audit``) and ``audit-plan``.
 
-A thin Hydra shim around :func:`audit.pipeline.run_audit`; tests call that function directly. A user error
+Thin Hydra shims around :func:`audit.pipeline.run_audit` and :func:`commit_plan`; tests call those directly. Both
+go through the same preparation (:func:`audit.prepare.prepare`). A user error
 (a bad config value, a manifest problem, a model that cannot be loaded, an attack that does not fit the
 model) ends the run with one line on stderr and exit status 2; ``HYDRA_FULL_ERROR=1`` shows the traceback.
 """
@@ -13,49 +14,15 @@ from pathlib import Path
 # Quiet, offline-friendly defaults; the user's environment wins where set.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import json  # noqa: E402
+from typing import Any  # noqa: E402
+
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-
-#: Errors that describe a mistake in the user's input, not a bug: reported in one line, exit status 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
-                                                 PermissionError, IsADirectoryError)
-
-
-def user_error_line(exc: BaseException) -> str | None:
-    """One line for a user error (following Hydra's instantiate wrappers to the real cause), else None."""
-    from hydra.errors import InstantiationException
-
-    seen = exc
-    while isinstance(seen, InstantiationException) and seen.__cause__ is not None:
-        seen = seen.__cause__
-    from omegaconf.errors import OmegaConfBaseException
-
-    if isinstance(seen, OmegaConfBaseException):  # e.g. a required value (???) left unset
-        return str(seen).strip().splitlines()[0]
-    if isinstance(seen, USER_ERRORS) or type(seen).__name__ in ("TargetLoadError", "AttackSetupError"):
-        text = str(seen).strip()
-        if isinstance(seen, (FileNotFoundError, PermissionError)) and getattr(seen, "filename", None) and \
-                str(seen.filename) not in text:
-            text = f"{text}: {seen.filename}"
-        first = text.splitlines()[0] if text else type(seen).__name__
-        return first
-    return None
-
-
-def run_reporting_user_errors(prog: str, fn, *args):
-    """``fn(*args)``; a user error ends the program with one line on stderr and exit status 2
-    (``HYDRA_FULL_ERROR=1`` re-raises it with its traceback)."""
-    try:
-        return fn(*args)
-    except Exception as e:
-        line = user_error_line(e)
-        if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"{prog}: error: {line}", file=sys.stderr)
-        sys.exit(2)
+from audit import CONFIG_DIR  # noqa: E402,F401  (re-exported: tests and scripts compose from it)
+from audit.errors import USER_ERRORS, UserError, run_reporting_user_errors, user_error_line  # noqa: E402,F401
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="audit")
@@ -70,6 +37,37 @@ def main() -> None:
 
     sys.argv = worker_rank_argv(sys.argv)  # accelerate ranks > 0: no results folder of their own (rank 0 writes it)
     _main()
+
+
+def commit_plan(cfg: Any, out_dir: str | os.PathLike[str]) -> Path:
+    """``audit-plan``: resolve the plan exactly as audit-run does (:func:`audit.prepare.prepare`: the model is loaded
+    for its fingerprint, the evidence hashed and validated), write ``committed_plan.json``. Nothing is scored."""
+    from audit.commitment import COMMITTED_PLAN, _manifest_path, build_commitment
+    from audit.prepare import check_config, prepare
+
+    out = Path(out_dir)
+    check_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    prep = prepare(cfg, progress=False)
+    source = cfg.target.get("source")
+    record = build_commitment(prep.plan, prep.decisions, prep.entries, _manifest_path(cfg), prep.target.fingerprint,
+                              str(source) if source is not None else None)
+    path = out / COMMITTED_PLAN
+    path.write_text(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="audit")
+def _plan(cfg: DictConfig) -> None:
+    path = run_reporting_user_errors("audit-plan", commit_plan, cfg, HydraConfig.get().runtime.output_dir)
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    print(f"plan committed: {path}\ncommitment SHA-256: {rec['commitment_sha256']}\n"
+          f"score it with: audit-run <the same overrides> plan_commitment={path}")
+
+
+def plan_main() -> None:
+    """``audit-plan [hydra overrides]``: the same configuration as ``audit-run``; writes committed_plan.json."""
+    _plan()
 
 
 if __name__ == "__main__":

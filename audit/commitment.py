@@ -1,6 +1,6 @@
 """Committed analysis plans: fix the plan, the evidence and the model *before* any score exists.
 
-``audit-plan [the same overrides as audit-run]`` resolves the analysis plan exactly as ``audit-run`` would
+``audit-plan [the same overrides as audit-run]`` (:func:`audit.cli.commit_plan`) resolves the analysis plan exactly as ``audit-run`` would
 (strata included), hashes the manifest file and every image file it lists, loads the model once for its
 fingerprint, and writes ``committed_plan.json`` with the tool version, its git commit and the time. It prints
 the commitment's SHA-256 — the number to lodge with the court or the other side. ``audit-run
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["COMMITTED_PLAN", "build_commitment", "commitment_sha256", "load_commitment", "check_before_scoring",
-           "check_plan", "check_evidence", "check_target", "console"]
+           "check_plan", "check_evidence", "check_target", "summary"]
+
 
 COMMITTED_PLAN = "committed_plan.json"
 _VERSION = 1
@@ -144,57 +145,3 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
     return {"commitment_sha256": record.get("commitment_sha256"), "committed_utc": record.get("committed_utc"),
             "manifest_sha256": record.get("manifest_sha256"), "n_images": len(record.get("images") or {}),
             "target_fingerprint": record.get("target_fingerprint"), "tool_git_commit": record.get("tool_git_commit")}
-
-
-def commit_plan(cfg: Any, out_dir: str | os.PathLike[str]) -> Path:
-    """Resolve the plan as audit-run does, hash the evidence, load the model for its fingerprint, write the
-    commitment. Nothing is scored."""
-    from hydra.utils import instantiate
-
-    from audit.pipeline import (
-        build_attacks,
-        check_entries,
-        complete_plan,
-        load_evidence_from_config,
-        read_entries_from_config,
-        validate_config,
-    )
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    validate_config(cfg)
-    plan = instantiate(cfg.stats, _convert_="all")
-    if cfg.get("scenario"):
-        instantiate(cfg.scenario, _convert_="all").prepare(progress=bool(cfg.runtime.get("progress", True)))
-    entries = read_entries_from_config(cfg.data)
-    check_entries(entries)
-    attacks = build_attacks(cfg)
-    target = instantiate(cfg.target, _convert_="all")
-    # the same accepted works and the same decisions as audit-run (no score is computed)
-    evidence = load_evidence_from_config(cfg.data, target.info.resolution, False, entries=entries)
-    plan, _, why = complete_plan(cfg, plan, attacks, evidence, target)
-    record = build_commitment(plan, why, entries, _manifest_path(cfg), target.fingerprint,
-                              str(cfg.target.get("source")) if cfg.target.get("source") is not None else None)
-    path = out / COMMITTED_PLAN
-    path.write_text(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
-    return path
-
-
-def _main(cfg: Any) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from audit.cli import run_reporting_user_errors
-
-    path = run_reporting_user_errors("audit-plan", commit_plan, cfg, HydraConfig.get().runtime.output_dir)
-    rec = json.loads(path.read_text(encoding="utf-8"))
-    print(f"plan committed: {path}\ncommitment SHA-256: {rec['commitment_sha256']}\n"
-          f"score it with: audit-run <the same overrides> plan_commitment={path}")
-
-
-def console() -> None:
-    """``audit-plan [hydra overrides]``: the same configuration as ``audit-run``; writes committed_plan.json."""
-    import hydra
-
-    from audit.cli import CONFIG_DIR
-
-    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="audit")(_main)()

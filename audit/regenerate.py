@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from audit import io, verify
+from audit.errors import UserError
 from audit.safety import RECORD_NAMES
 
 #: Written by the analysis / report step; everything else in a folder is data and is never rewritten.
@@ -39,7 +40,7 @@ _OUTPUTS = {io.ANALYSIS, io.CHECKSUMS, io.COMPLETE, io.REGENERATED}
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class RegenerationRefused(ValueError):
+class RegenerationRefused(UserError):
     """A user-facing refusal (one line)."""
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from audit import io
+from audit.errors import UserError
 
 FORMAT = "audit-checksums/2"  # 2: every report's HTML names the SHA-256 of the analysis.json it was made from
 SIGNATURE = "checksums.json.sig"  # optional Ed25519 signature of checksums.json (base64), see sign()
@@ -102,7 +103,7 @@ def not_regular(folder: Path) -> list[str]:
     return sorted(out)
 
 
-class FolderRefused(ValueError):
+class FolderRefused(UserError):
     """A results folder that no reader or writer may use as it is (one line)."""
 
 

@@ -70,6 +70,7 @@ def _cli(args: list[str], tmp_path: Path, full_error: bool = False) -> subproces
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_user_error_is_one_line_with_exit_status_2(manifest, tmp_path):
     proc = _cli([f"target.source={tmp_path}/no_model", f"data.manifest={manifest}", "runtime.batch_size=0"], tmp_path)
     assert proc.returncode == 2

@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from audit import commitment as commit
+from audit.cli import commit_plan
 from audit.cli import CONFIG_DIR
 from audit.data import write_manifest
 from audit.pipeline import run_audit
@@ -36,7 +37,7 @@ def setup(memorized_ddpm, tmp_path_factory):
             f"data.manifest={manifest}", "attack=[loss]", "attack.loss.timesteps=[50,100]", "runtime.progress=false",
             "stats.n_permutations=499", "stats.n_bootstrap=50", "stats.crossfit_permutations=49", "stats.n_placebo=50",
             "report.formats=[html]", "score_store=null"]
-    path = commit.commit_plan(_compose(base), root / "plan")
+    path = commit_plan(_compose(base), root / "plan")
     return root, base, path, rows
 
 

@@ -205,6 +205,7 @@ def test_report_regenerates_without_the_model(audit_run, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "same" / io.ANALYSIS).read_text())["verdict"]["confirmatory"] is True
 
 
+@pytest.mark.slow
 def test_hydra_multirun_over_attacks_writes_one_report_per_attack(memorized_ddpm, audit_run, tmp_path):
     """The real console entry point, as a user runs it: `audit-run -m ... attack=loss,pia`."""
     import subprocess
