@@ -1,13 +1,13 @@
 """One audit, end to end: scenario → target → evidence → attacks → ScoreTable → analysis → report.
 
 ``run_audit(cfg, out_dir)`` is a plain function over a composed Hydra config; the command-line entry
-point (:mod:`audit.cli`) is a thin shim around it, and tests call it directly.
+point (:mod:`audit.cli`) is a thin shim around it, and tests call it directly. Its phases: preparation
+(:func:`audit.prepare.prepare`, shared with ``audit-plan``: config → validated plan, evidence, target) → the plan
+declared → scoring through the score store → the run's records written → analysis and report → the seal.
 """
 from __future__ import annotations
 
 import logging
-import os
-import re
 import shlex
 import sys
 import time
