@@ -36,7 +36,7 @@ from typing import Any, Iterator
 __all__ = ["LANGUAGES", "REPORT_LANGUAGES", "TERMS", "CJK_FONT_FAMILIES", "FONT_STACK", "Lang", "check_language",
            "check_jurisdiction", "report_languages", "localized_name", "translations", "install", "use", "current",
            "_", "ngettext", "format_number", "format_p", "format_percent", "format_integer", "format_date",
-           "chance_words", "cjk_font_status", "CJK_FONT_PACKAGE", "catalogue_messages"]
+           "chance_words", "cjk_font_status", "CJK_FONT_PACKAGE", "catalogue_messages", "dynamic_messages"]
 
 LOCALE_DIR = Path(__file__).parent / "locale"
 DOMAIN = "messages"
@@ -150,9 +150,11 @@ def install(env: Any, lang: str) -> None:
     (``num``, ``pval``, ``pct``, ``int``, ``date``) and ``lang`` / ``html_lang`` globals."""
     env.add_extension("jinja2.ext.i18n")
     env.install_gettext_translations(translations(lang), newstyle=True)
+    # fixed texts translated at render time (glossary terms, gate titles): a plain lookup, escaped on output
+    env.filters["tr"] = lambda text: translations(lang).gettext(str(text)) if text else text
     env.filters["num"] = lambda x, digits=3: format_number(x, digits, lang=lang)
     env.filters["pval"] = lambda p, alpha=None: format_p(p, alpha, lang=lang)
-    env.filters["pct"] = lambda f: format_percent(f, lang=lang)
+    env.filters["pct"] = lambda f, digits=None: format_percent(f, digits, lang=lang)
     env.filters["int"] = lambda n: format_integer(n, lang=lang)
     env.filters["date"] = lambda d: format_date(d, lang=lang)
     env.globals.update(lang=lang, html_lang=LANGUAGES[lang][2], font_stack=FONT_STACK)
@@ -227,8 +229,10 @@ def format_p(p: float | None, alpha: float | None = None, *, lang: str | None = 
     return _localize(_format_p(p, alpha), _lang(lang))
 
 
-def format_percent(f: float, *, lang: str | None = None) -> str:
-    return _localize(f"{f * 100:g}%", _lang(lang))
+def format_percent(f: float, digits: int | None = None, *, lang: str | None = None) -> str:
+    """A share as a percentage: ``95%`` (``g`` format), or with ``digits`` decimals (``4.5%``)."""
+    text = f"{f * 100:g}%" if digits is None else f"{f * 100:.{digits}f}%"
+    return _localize(text, _lang(lang))
 
 
 _ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?(Z|[+-]\d{2}:?\d{2})?)?$")
@@ -356,3 +360,21 @@ TERMS: tuple[Term, ...] = (
     Term("fingerprint", "指纹"),
     Term("seal", "封存清单"),
 )
+
+
+def dynamic_messages() -> list[tuple[str, str]]:
+    """Messages the templates translate at render time from fixed texts (``{{ _(term) }}``), with where they come
+    from: the glossary, the gate titles, the studies and critiques, the less-than words of :func:`chance_words`.
+    The catalogue tool adds them to the extracted ones; a test checks that each has a translation."""
+    from audit.report import texts
+    from audit.stats.gates import GATE_REGISTRY
+
+    out: list[tuple[str, str]] = []
+    for term, meaning in texts.GLOSSARY:
+        out += [("audit/report/texts.py:GLOSSARY", term), ("audit/report/texts.py:GLOSSARY", meaning)]
+    for name, spec in GATE_REGISTRY.items():
+        out.append((f"audit/stats/gates/{name}.py", spec.title))
+    out.append(("audit/report/texts.py:STUDIES_SHORT", texts.STUDIES_SHORT))
+    out.append(("audit/report/texts.py:CRITIQUES", texts.CRITIQUES))
+    out += [("audit/report/i18n.py:_LESS_THAN", m) for m in _LESS_THAN.values()]
+    return out
