@@ -89,6 +89,12 @@ def test_extraction_finds_memorised_works_and_enters_the_score_table(memorised, 
     assert ext["target_unet_evaluations"] == ext["base_unet_evaluations"] == 32 * 10 == out.unet_evals
     assert (tmp_path / "reconstruction" / "extract_grid.png").stat().st_size > 1000
     assert rec["artworks"][0]["extract"]["nearest_medoid_seed"] in ext["groups"][0]["seeds"]
+    # the report's reconstruction section shows the statistics and the grid (embedded)
+    from audit.reconstruction import reconstruction_context
+
+    ctx = reconstruction_context(tmp_path / "reconstruction")
+    assert ctx["extract_grid_src"].startswith("data:image/png;base64,") and "Model-guided extraction" in ctx["method"]
+    assert {s["name"] for s in ctx["statistics"]} == {"recon_extract_cluster", "recon_extract_tiled_l2"}
 
 
 def test_a_full_fine_tune_needs_its_base_named(memorised):

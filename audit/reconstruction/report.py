@@ -140,8 +140,17 @@ def reconstruction_context(folder: str | Path, *, embed: bool = True, prefix: st
     mcfg = cfg.get("img2img", {})
     if mcfg.get("enabled", False):
         parts.append(f"img2img: strength {mcfg['strength']:g}, {mcfg['steps']} DDIM steps, {mcfg['n']} variation(s).")
+    ext = rec.get("extraction") or {}
+    if ext:
+        es = ext.get("settings", {})
+        parts.append(f"Model-guided extraction (FineXtract's idea): {es.get('n')} samples per distinct caption guided "
+                     f"along fine-tune − base with weight {es.get('model_guidance')} ({es.get('steps')} steps; base "
+                     f"{ext.get('base', {}).get('source')}), clustered at tiled ℓ2 ≤ {es.get('cluster_threshold')}; the "
+                     f"medoids of the {es.get('top_clusters')} largest clusters are the extracted images.")
     fpr = cfg.get("calibration_fpr", 0.05)
     return {
+        "extract_grid_src": (_src(d, ext["grid"], embed, prefix) if ext.get("grid") and (d / str(ext["grid"])).is_file()
+                             else ""),
         "statistics": stats,
         "works": items,
         "grid_src": _src(d, "evidence_grid.png", embed, prefix) if (d / "evidence_grid.png").is_file() else "",
