@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from audit import commitment as commit
-from audit.cli import CONFIG_DIR
+from audit.cli import CONFIG_DIR, commit_plan
 from audit.data import write_manifest
 from audit.pipeline import run_audit
 
@@ -52,6 +51,7 @@ def _label(text: str) -> str:
     return re.search(r'<div class="label">Verdict \(([^)]*)', text).group(1)
 
 
+@pytest.mark.slow
 def test_a_rerun_that_reuses_every_score_from_the_store_does_not_claim_that_its_plan_came_first(setup):
     root, base = setup
     store = root / "store"
@@ -73,10 +73,11 @@ def test_a_rerun_that_reuses_every_score_from_the_store_does_not_claim_that_its_
     assert "computed by the run first" in t2 and "before this plan was declared" in t2
 
 
+@pytest.mark.slow
 def test_a_run_after_audit_plan_that_computes_its_scores_says_that_its_plan_came_first(setup):
     root, base = setup
     fresh = base + ["score_store=null"]
-    path = commit.commit_plan(_compose(fresh), root / "plan")
+    path = commit_plan(_compose(fresh), root / "plan")
     run_audit(_compose(fresh + [f"plan_commitment={path}"]), root / "committed")
     run = json.loads((root / "committed" / "run.json").read_text())
     text = _report(root / "committed")
