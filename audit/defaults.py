@@ -175,9 +175,11 @@ def conditioning_decision(target: Any) -> str:
         value = c.get("value")
         shown = "none" if value is None else value
         parts.append(f"{key} = {shown} ({c.get('source')}: {c.get('reason')})")
-    if not parts:
+    notes = list((getattr(info, "training_metadata", None) or {}).get("notes") or [])
+    if not parts and not notes:
         return ""
-    return "Target conditioning (scored as trained): " + "; ".join(parts) + "."
+    out = "Target conditioning (scored as trained): " + "; ".join(parts) + "."
+    return out + (" Not reproduced: " + "; ".join(notes) + "." if notes else "")
 
 
 #: where the difficulty-adjustment default was measured (scripts/difficulty_benchmark.py, scripts/gating_simulation.py)

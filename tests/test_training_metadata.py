@@ -136,6 +136,11 @@ def test_hostile_metadata_is_refused_or_bounded_and_escaped_in_the_report(flux_l
     assert read_training_metadata(garbage).status == "refused"
     from safetensors.torch import save_file
 
+    chunked = tmp_path / "chunked.safetensors"
+    save_file({"w": torch.zeros(2)}, str(chunked), metadata={"ss_max_token_length": "225"})
+    from audit.targets.metadata import metadata_notes
+
+    assert "not reproduced" in metadata_notes([read_training_metadata(chunked)])[0]
     bad_json = tmp_path / "bad_json.safetensors"
     save_file({"w": torch.zeros(2)}, str(bad_json), metadata={"ss_tag_frequency": "{'not': json", "ss_resolution": "abc"})
     b = read_training_metadata(bad_json)

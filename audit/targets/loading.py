@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any, Sequence
 import torch
 
 from audit.targets.base import Target
+
+log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
@@ -267,7 +270,7 @@ def _given_conditioning(options: dict[str, Any], metadata_files: list[tuple[Path
     """The conditioning values given before the family decides: the user's options, else the training metadata's
     (:func:`audit.targets.metadata.scoring_defaults`). Returns those choices and the metadata record for the info."""
     from audit.targets.conditioning import Choice
-    from audit.targets.metadata import check_base_hashes, read_training_metadata, scoring_defaults
+    from audit.targets.metadata import check_base_hashes, metadata_notes, read_training_metadata, scoring_defaults
 
     given = {k: Choice(v, "option", f"target.{k}={v!r} (set by the user)") for k, v in options.items()
              if v is not None}
@@ -285,7 +288,7 @@ def _given_conditioning(options: dict[str, Any], metadata_files: list[tuple[Path
             given[key] = Choice(value, "training metadata", why)
     used = {k: {"value": v, "reason": why, "used": k not in options or options[k] is None}
             for k, (v, why) in implied.items()}
-    record = {"files": [r.to_dict() for r in records], "scoring_defaults": used,
+    record = {"files": [r.to_dict() for r in records], "scoring_defaults": used, "notes": metadata_notes(records),
               "base_check": check_base_hashes(records, base)}
     return given, record
 
@@ -464,6 +467,11 @@ def load_target(
     except ValueError as e:
         raise TargetLoadError(str(e)) from e
     target.family = fam.name
+    ml = choices.chosen.get("max_sequence_length")
+    if lora_names and ml is not None and ml.source == "family default":
+        log.warning("the LoRA file does not say its training prompt length: prompts are encoded to %s tokens (%s); if "
+                    "it was trained with another length, set target.max_sequence_length (a wrong length can remove "
+                    "the membership signal)", ml.value, ml.reason)
     # the info records the process as the adapter resolved it (e.g. Flux's dynamic shift at this resolution)
     target.info = replace(target.info, prediction_type=target.process.prediction_type,
                           process=target.process.describe(), memory=memory, conditioning=choices.to_dict(),

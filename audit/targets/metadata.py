@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MAX_HEADER_BYTES", "MetadataRefused", "TrainingMetadata", "read_training_metadata",
-           "scoring_defaults", "check_base_hashes", "kohya_model_hash", "kohya_addnet_hash"]
+           "scoring_defaults", "metadata_notes", "check_base_hashes", "kohya_model_hash", "kohya_addnet_hash"]
 
 #: the largest header accepted (safetensors itself stops at 100 MB; real LoRA headers with tag frequencies are < 2 MB)
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -334,6 +334,22 @@ def scoring_defaults(records: list[TrainingMetadata]) -> dict[str, tuple[Any, st
     return out
 
 
+def metadata_notes(records: list[TrainingMetadata]) -> list[str]:
+    """Training settings the metadata names that the audit cannot reproduce (said in plan.json and the report)."""
+    notes = []
+    for rec in records:
+        if rec.status != "read":
+            continue
+        v = rec.raw.get("ss_max_token_length", "").strip()
+        if v and v.lower() not in ("none", "75", "77"):
+            notes.append(f"{rec.file}: ss_max_token_length={_short(v, 20)} (kohya's chunked CLIP prompts of up to "
+                         f"{_short(v, 20)} tokens) is not reproduced: CLIP prompts are encoded in one window")
+        if rec.raw.get("ss_caption_prefix") or rec.raw.get("ss_caption_suffix"):
+            notes.append(f"{rec.file}: a caption prefix / suffix was used in training; set target.caption_template "
+                         "to reproduce it")
+    return notes
+
+
 def check_base_hashes(records: list[TrainingMetadata], base: str | Path | None) -> list[dict[str, Any]]:
     """Compare each file's recorded base-model hashes with the base the user gave (``target.base`` or the source
     the LoRA is applied to). kohya hashes the base *checkpoint file*: ``ss_sd_model_hash`` = the legacy 8-digit
@@ -413,4 +429,5 @@ def exhibit_context(target_info: dict[str, Any] | None) -> dict[str, Any] | None
              "reason": _short(b.get("reason", ""), 300), "base": _short(b.get("base") or "—", 200),
              "recorded": _short(b.get("recorded_sha256") or b.get("recorded_legacy") or "—", 80)}
             for b in (meta.get("base_check") or []) if isinstance(b, dict)]
-    return {"conditioning": rows, "files": out_files, "base_check": base, "note": _short(meta.get("note", ""), 200)}
+    return {"conditioning": rows, "files": out_files, "base_check": base, "note": _short(meta.get("note", ""), 200),
+            "not_reproduced": [_short(n, 300) for n in (meta.get("notes") or [])[:20]]}
