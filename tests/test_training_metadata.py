@@ -270,3 +270,35 @@ def test_the_readme_calibrated_examples_make_the_calibrated_loss_primary():
         attacks, plan, why = _plan_after_defaults(overrides)
         assert plan.primary_attack == "loss_calibrated", (overrides, why)
         assert set(attacks) == {"loss", "loss_calibrated"}
+
+
+def test_a_full_fine_tune_run_with_target_base_is_calibrated_against_that_base(tiny_sd, artworks, tmp_path):
+    """End to end: a fine-tuned folder (every UNet weight changed, no LoRA) + target.base → loss_calibrated primary,
+    its reference the named base."""
+    import shutil
+
+    from audit.data import write_manifest
+    from audit.pipeline import run_audit
+
+    model, lora = tiny_sd
+    tuned = load_target(str(model), lora=str(lora), local_files_only=True)  # the LoRA fused: a changed UNet
+    ft = tmp_path / "finetune"
+    shutil.copytree(model, ft)
+    tuned.unet.save_pretrained(ft / "unet", safe_serialization=True)
+    members, held_out = artworks
+    rows = [{"path": str(p), "role": "suspect", "caption": "a painting", "artist": "a", "created": ""}
+            for p in members[:3]]
+    rows += [{"path": str(p), "role": "control", "caption": "a painting", "artist": "a", "created": ""}
+             for p in held_out[:5]]
+    manifest = write_manifest(rows, tmp_path / "manifest.csv")
+    out = tmp_path / "run"
+    run_audit(_compose(["experiment=own_model", f"target.source={ft}", f"target.base={model}",
+                        "target.local_files_only=true", f"data.manifest={manifest}", "attack=[loss]",
+                        "attack.loss.timesteps=[100]", "attack.loss.n_noise=1", "runtime.progress=false",
+                        "stats.n_permutations=99", "stats.n_bootstrap=20", "stats.crossfit_permutations=19",
+                        "stats.n_placebo=10", "report=none", "score_store=null"]), out)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["plan"]["primary_attack"] == "loss_calibrated" and "(target.base)" in plan["decisions"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["attacks"]["loss_calibrated"]["reference"]["source"] == str(model)
+    assert run["target"]["source"] == str(ft)
