@@ -482,3 +482,18 @@ def test_stripping_altered_from_the_seal_does_not_verify(genuine, tmp_path):
     (folder / io.COMPLETE).write_text(hashlib.sha256(blob).hexdigest() + "\n")
     v = verify.verify(folder)
     assert not v.ok and any("regenerated from data that failed verification" in p for p in v.problems)
+
+
+@pytest.mark.parametrize("name", ["../../../secret.txt", "ABSOLUTE"])
+def test_crafted_outputs_exhibit_embeds_nothing_from_outside(tmp_path, name):
+    from audit.outputs.report import outputs_context
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the folder")
+    root = tmp_path / "a" / "b" / "run"
+    (root / "outputs").mkdir(parents=True)
+    (root / "outputs" / "outputs.json").write_text(json.dumps({"accepted": [], "refused": []}))
+    file = str(secret) if name == "ABSOLUTE" else name
+    (root / "run.json").write_text(json.dumps({"outputs": {"exhibits": [{"file": file}]}, "attacks": {}}))
+    ctx = outputs_context(root)
+    assert ctx is not None and "exhibits" in ctx and all(not e.get("b64") for e in ctx["exhibits"])
