@@ -599,6 +599,7 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
                                                              "inventory_exhibit")}
     return dict(
         r=result, plan=plan, test_label=test_label(plan.test, plan.alternative),
+        set_test_method=_set_test_method(plan),
         primary=pa, exploratory=[a for a in result.attacks if a.attack != result.primary_attack],
         img=_image_lookup(images), figures=figures,
         rejected=[{"path": d.get("path", ""), "role": d.get("role", ""), "reason": d.get("reason", ""),
@@ -877,3 +878,11 @@ def write_reports(
             raw = html_path.read_text(encoding="utf-8")
             html_path.write_text(raw.replace(_PDF_NOTE_MARK, note, 1), encoding="utf-8")
     return written
+
+
+def _set_test_method(plan) -> str:
+    """The Methods sentence of the plan's set-level test, from the test's own registry entry."""
+    from audit.stats.settests import SET_TESTS
+
+    spec = SET_TESTS.get(getattr(plan, "test", None))
+    return spec.method(plan) if spec is not None else ""
