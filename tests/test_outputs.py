@@ -277,6 +277,7 @@ def test_capture_provenance_travels_into_report_and_seal(outputs_run):
     exhibits = json.loads((out / "run.json").read_text())["outputs"]["exhibits"]
     assert exhibits and exhibits[0]["role"] == "suspect" and (out / exhibits[0]["file"]).is_file()
     assert exhibits[0]["source"].startswith("https://app.example/share/")
+    assert 'alt="exhibit 1"' in html and "Exhibit 1 (suspect)" in html  # the drawn pair is embedded in the report
     sealed = json.loads((out / "checksums.json").read_text())
     names = json.dumps(sealed)
     assert "outputs/outputs.json" in names and "outputs/matches.json" in names and exhibits[0]["file"] in names

@@ -64,9 +64,10 @@ def outputs_context(run_folder: str | Path) -> dict[str, Any] | None:
                       "description": _DESCRIPTIONS.get(name, attacks[name].get("paper", ""))})
     exhibits = []
     for e in summary.get("exhibits") or []:
-        f = root / str(e.get("file", ""))
-        # a plain file name in the run folder only (a crafted run.json could name ../../x or /etc/passwd)
-        if str(e.get("file", "")) != Path(str(e.get("file", ""))).name or f.is_symlink() or not f.is_file():
+        rel = str(e.get("file", ""))
+        f = folder / "exhibits" / Path(rel).name
+        # only outputs/exhibits/<plain file name> (a crafted run.json could name ../../x or /etc/passwd), no links
+        if rel != f"{OUTPUTS_DIR}/exhibits/{f.name}" or f.is_symlink() or not f.is_file():
             continue
         exhibits.append({**e, "b64": _b64(f), "file": e.get("file")})
     sealed = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
