@@ -133,7 +133,8 @@ def table(records: list[dict], alpha: float = 0.05, gate_alpha: float = 0.01) ->
         return f"{k / n:.3f} [{lo:.3f}, {hi:.3f}] ({int(k)}/{int(n)})" if n else "–"
 
     df["blind_before"] = (df["blind_omni_raw"] <= alpha) | (df["blind_aligned_raw"].fillna(1) <= alpha)
-    df["placebo_before"] = df.get("placebo_lo", pd.Series(0, index=df.index)).fillna(0) > alpha
+    has_placebo = "placebo_lo" in df.columns and df["placebo_lo"].notna().any()
+    df["placebo_before"] = df["placebo_lo"].fillna(0) > alpha if has_placebo else False
     df["withheld_before"] = df["blind_before"] | df["placebo_before"]
     df["blind_after_raw"] = df["blind_gate_raw"] <= gate_alpha
     df["blind_after_adj"] = df["blind_gate_adjusted"] <= gate_alpha
@@ -159,7 +160,8 @@ def table(records: list[dict], alpha: float = 0.05, gate_alpha: float = 0.01) ->
                 n = len(e)
                 if not n:
                     continue
-                out.append(f"| {pr} | {n} | {cp(e.blind_before.sum(), n)} | {cp(e.placebo_before.sum(), n)} | "
+                pl = cp(e.placebo_before.sum(), n) if has_placebo else "see below"
+                out.append(f"| {pr} | {n} | {cp(e.blind_before.sum(), n)} | {pl} | "
                            f"{cp(e.withheld_before.sum(), n)} | {cp(e.blind_after_raw.sum(), n)} | "
                            f"{cp(e.blind_after_adj.sum(), n)} | {cp(e.reject_raw.sum(), n)} | {cp(e.reject_adj.sum(), n)} |")
         else:
@@ -187,6 +189,28 @@ def table(records: list[dict], alpha: float = 0.05, gate_alpha: float = 0.01) ->
                        f"{e.reject_raw.mean():.3f} | {e.reject_adj.mean():.3f} | {e.conv_before.mean():.3f} | "
                        f"{e.conv_after_adj.mean():.3f} |")
         out.append("")
+    return "\n".join(out)
+
+
+def placebo_table(records: list[dict], alpha: float = 0.05) -> str:
+    """The landed placebo implementation check as a withholding gate, on valid designs (its own run)."""
+    df = pd.DataFrame(records)
+    if df.empty or "placebo_lo" not in df.columns:
+        return ""
+    out = ["## The placebo implementation check as a gate (the landed policy), valid designs", "",
+           "Each audit: 1000 random splits of the controls tested as the suspects are; the landed gate withheld when "
+           "the Clopper–Pearson interval of their rejection rate at α lay entirely above α (a feature set compares "
+           "every split with one shared reference null of 999 relabellings). Now a reported self-test: it withholds "
+           "nothing.", "", "| primary | n_s | n_c | audits | withheld by the landed check | mean split rejection rate |",
+           "|---|---|---|---|---|---|"]
+    for (pr, ns, nc), e in df.groupby(["primary", "n_s", "n_c"]):
+        k = int((e["placebo_lo"] > alpha).sum())
+        lo, hi = clopper_pearson(k, len(e))
+        out.append(f"| {pr} | {ns} | {nc} | {len(e)} | {k / len(e):.3f} [{lo:.3f}, {hi:.3f}] ({k}/{len(e)}) | "
+                   f"{(e['placebo_k'] / e['placebo_n']).mean():.4f} |")
+    k = int((df["placebo_lo"] > alpha).sum())
+    lo, hi = clopper_pearson(k, len(df))
+    out += ["", f"All: {k}/{len(df)} = {k / len(df):.3f} [{lo:.3f}, {hi:.3f}] withheld by the landed check; 0 now.", ""]
     return "\n".join(out)
 
 
@@ -223,9 +247,13 @@ def main(argv: list[str] | None = None) -> int:
                             fh.write(json.dumps(rec) + "\n")
                             fh.flush()
                 print(f"rep {rep + 1}/{args.reps} done, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    name = "gating.md" if args.records == "records.jsonl" else Path(args.records).stem + ".md"
-    (OUT / name).write_text(table(records) + "\n")
-    print((OUT / name).read_text())
+    if args.records == "records.jsonl":
+        pb = OUT / "placebo_before.jsonl"
+        extra = placebo_table([json.loads(x) for x in pb.read_text().splitlines()]) if pb.exists() else ""
+        (OUT / "gating.md").write_text(table(records) + "\n\n" + extra + "\n")
+        print((OUT / "gating.md").read_text())
+    else:
+        (OUT / (Path(args.records).stem + ".md")).write_text(placebo_table(records) + "\n")
     return 0
 
 

@@ -423,8 +423,14 @@ def analyze(scores: ScoreTable, images: pd.DataFrame | None, plan: AnalysisPlan,
 
         B = primary_test.n_resamples if primary_test.method and "permutation" in primary_test.method else None
         floor = 1.0 / (B + 1.0) if B else None
-        verdict = _replace(verdict, n_resamples=B, p_floor=floor, method=primary_test.method,
-                           floor_binds=bool(floor is not None and primary_test.p_value <= floor * (1 + 1e-9)))
+        binds = bool(floor is not None and primary_test.p_value <= floor * (1 + 1e-9))
+        sentence = verdict.sentence
+        if binds and verdict.decision in ("reject_h0", "reject_lower"):
+            knob = "stats.crossfit_permutations" if plan.test == "crossfit" else "stats.n_permutations"
+            sentence += (f" This p-value is at its floor, the smallest value {B} relabellings can give; more "
+                         f"relabellings ({knob}) would show how much smaller it is.")
+        verdict = _replace(verdict, sentence=sentence, n_resamples=B, p_floor=floor, method=primary_test.method,
+                           floor_binds=binds)
     if recorded_plan_sha256 is None:
         notes.insert(0, f"No analysis-plan hash was recorded before scoring, so nothing shows that this plan (SHA-256 "
                         f"{sha[:16]}…) was fixed before the scores existed: the verdict is exploratory, not "
