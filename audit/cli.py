@@ -32,10 +32,43 @@ def _main(cfg: DictConfig) -> None:
     run_reporting_user_errors("audit-run", run_audit, cfg, HydraConfig.get().runtime.output_dir)
 
 
+def refuse_secrets_in_overrides(argv: list[str], prog: str) -> None:
+    """Before Hydra writes anything (a multirun's ``multirun.yaml``, the job folders): a credential given on the
+    command line (a header, a URL with ``user:key@`` or a key in its query, the key as ``api_key_env``) ends the
+    program in one line (:func:`audit.safety.check_no_secrets` over the overrides)."""
+    import yaml
+
+    from audit.safety import ConfigRefused, check_no_secrets
+
+    tree: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, raw = arg.lstrip("+~").partition("=")
+        if not sep or key.startswith(("hydra.", "-")):
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip().startswith(("{", "[")) else raw.strip("'\"")
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):  # e.g. a group choice (target=http) before its keys
+                node[part] = {}
+            node = node[part]
+        if not (isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict)):
+            node[parts[-1]] = value
+    try:
+        check_no_secrets(tree)
+    except ConfigRefused as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     from audit.parallel.launcher import worker_rank_argv
 
     sys.argv = worker_rank_argv(sys.argv)  # accelerate ranks > 0: no results folder of their own (rank 0 writes it)
+    refuse_secrets_in_overrides(sys.argv[1:], "audit-run")
     _main()
 
 
@@ -67,6 +100,7 @@ def _plan(cfg: DictConfig) -> None:
 
 def plan_main() -> None:
     """``audit-plan [hydra overrides]``: the same configuration as ``audit-run``; writes committed_plan.json."""
+    refuse_secrets_in_overrides(sys.argv[1:], "audit-plan")
     _plan()
 
 

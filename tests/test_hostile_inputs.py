@@ -407,6 +407,13 @@ def test_a_credential_never_reaches_disk(manifest, tmp_path, override):
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert SECRET not in f.read_bytes().decode("latin-1"), f
+    # a multirun too: Hydra writes multirun.yaml before any job starts
+    proc = subprocess.run([args[0], "-m", "audit", "-m", *args[3:]], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 2 and SECRET not in proc.stderr, proc.stderr[-2000:]
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert SECRET not in f.read_bytes().decode("latin-1"), f
 
 
 def test_duplicate_manifest_column_and_foreign_encodings_are_refused_in_one_line(tmp_path):
