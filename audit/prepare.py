@@ -87,6 +87,13 @@ def validate_config(cfg: DictConfig) -> None:
     safety.check_no_secrets(cfg)
     if cfg.get("report") is not None:
         safety.check_report_names(cfg.report)
+    if cfg.get("expert") is not None:  # the expert file is read and checked now, not after scoring (issue 22)
+        from omegaconf import OmegaConf
+
+        from audit.report.expert import load_expert
+
+        load_expert({"expert": OmegaConf.to_container(cfg.expert, resolve=True),
+                     "report": OmegaConf.to_container(cfg.report, resolve=True) if cfg.get("report") else {}})
     data = cfg.get("data")
     if data is not None:
         mp = data.get("max_pixels", 100_000_000)

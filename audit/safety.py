@@ -161,3 +161,7 @@ def check_report_names(report_cfg: Any) -> None:
         names[key] = name
     if names["filename"] == names["pdf_filename"]:
         raise ConfigRefused("report.filename and report.pdf_filename must differ")
+    from audit.report.i18n import check_jurisdiction, check_language
+
+    check_language(rep.get("language"))  # en | zh | en+zh (issue 22)
+    check_jurisdiction(rep.get("jurisdiction"))  # neutral | us_federal | prc_civil

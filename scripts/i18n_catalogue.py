@@ -22,7 +22,9 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this tree's audit package, whatever is installed
 REPORT = ROOT / "audit" / "report"
+PO = REPORT / "locale" / "zh_Hans" / "LC_MESSAGES" / "messages.po"
 PYTHON_SOURCES = ("i18n.py", "expert.py", "plain_i18n.py")
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2)}
 
@@ -51,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="list untranslated messages; exit 1 if any")
     ap.add_argument("--compile", action="store_true", help="also write messages.mo")
     args = ap.parse_args(argv)
-    from audit.report.i18n import _po_path
-
-    po = _po_path("zh")
+    po = PO
     template = extract()
     if po.is_file():
         with open(po, "rb") as f:

@@ -377,4 +377,5 @@ def dynamic_messages() -> list[tuple[str, str]]:
     out.append(("audit/report/texts.py:STUDIES_SHORT", texts.STUDIES_SHORT))
     out.append(("audit/report/texts.py:CRITIQUES", texts.CRITIQUES))
     out += [("audit/report/i18n.py:_LESS_THAN", m) for m in _LESS_THAN.values()]
+    out.append(("audit/stats/analysis.py:decision_rates.measured_on", "this model and these controls"))
     return out

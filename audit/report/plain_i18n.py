@@ -165,7 +165,7 @@ def _rates(result: Any) -> str | None:
     else:
         bits.append(_("its power could not be measured"))
     return _("How often is this procedure wrong? Measured on %(where)s: %(what)s.",
-             where=dr.get("measured_on") or _("this model"), what=_("; ").join(bits))
+             where=_(dr.get("measured_on") or "this model"), what=_("; ").join(bits))
 
 
 def plain_summary(result: Any, facts: dict[str, Any] | None = None) -> list[str]:
