@@ -504,3 +504,19 @@ def test_crafted_outputs_exhibit_embeds_nothing_from_outside(tmp_path, name):
     (root / "run.json").write_text(json.dumps({"outputs": {"exhibits": [{"file": file}]}, "attacks": {}}))
     ctx = outputs_context(root)
     assert ctx is not None and "exhibits" in ctx and all(not e.get("b64") for e in ctx["exhibits"])
+
+
+def test_missing_or_empty_lora_is_named_in_one_line(tiny_sd, tmp_path):
+    from safetensors.torch import save_file
+
+    from audit.cli import user_error_line
+
+    model, _ = tiny_sd
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    for lora, message in ((str(tmp_path / "gone" / "adapter.safetensors"), "LoRA file or folder not found"),
+                          (str(empty), "holds no tensors")):
+        with pytest.raises(Exception) as info:
+            load_target(str(model), lora=lora, local_files_only=True, device="cpu")
+        line = user_error_line(info.value)
+        assert line is not None and message in line and "hub" not in line, line

@@ -144,6 +144,8 @@ def _resolve_lora_file(spec: str, allow_pickle: bool, local_files_only: bool) ->
         if p.suffix in PICKLE_SUFFIXES and not allow_pickle:
             raise TargetLoadError(f"refusing pickle LoRA file {p}; convert to safetensors or set allow_pickle")
         return p
+    if spec.startswith(("/", ".", "~")) or spec.endswith((".safetensors", *PICKLE_SUFFIXES)) or spec.count("/") > 1:
+        raise TargetLoadError(f"LoRA file or folder not found: {p}")  # a path, not a hub id (owner/name)
     # A hub repo id, optionally "repo_id:weight_name.safetensors".
     from huggingface_hub import hf_hub_download
 
@@ -158,7 +160,13 @@ def _load_lora_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # a truncated or foreign file: one line naming it
+            raise TargetLoadError(f"LoRA file {path} is not a readable safetensors file: {e}") from None
+        if not state:
+            raise TargetLoadError(f"LoRA file {path} holds no tensors (an empty adapter)")
+        return state
     # Only reached with allow_pickle=True; weights_only still blocks arbitrary objects.
     return torch.load(path, map_location="cpu", weights_only=True)
 
