@@ -520,3 +520,15 @@ def test_missing_or_empty_lora_is_named_in_one_line(tiny_sd, tmp_path):
             load_target(str(model), lora=lora, local_files_only=True, device="cpu")
         line = user_error_line(info.value)
         assert line is not None and message in line and "hub" not in line, line
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_bad_model_index_is_named_in_one_line(tmp_path, content):
+    from audit.cli import user_error_line
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text(content)
+    with pytest.raises(Exception) as info:
+        load_target(str(tmp_path / "model"), local_files_only=True, device="cpu")
+    line = user_error_line(info.value)
+    assert line is not None and "model_index.json" in line, (line, info.value)

@@ -377,7 +377,12 @@ def load_target(
     else:
         folder = _resolve_folder(str(source), revision, local_files_only, allow_pickle)
         _check_no_pickle(folder, allow_pickle)
-    index = json.loads((folder / "model_index.json").read_text())
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TargetLoadError(f"{folder / 'model_index.json'} is not valid JSON: {e}") from None
+    if not isinstance(index, dict):
+        raise TargetLoadError(f"{folder / 'model_index.json'} must be a JSON object, got {type(index).__name__}")
     fam = _choose_family(index, kind, family, str(source))
     missing = sorted(set(fam.required) - set(index))
     if missing:
