@@ -32,6 +32,9 @@ from audit.types import EvidenceSet
 
 log = logging.getLogger(__name__)
 
+#: largest side works are scored at (SDXL / Flux are trained at 1024; 4096 leaves room, 100000 is a broken config)
+MAX_RESOLUTION = 4096
+
 
 def build_attacks(cfg: DictConfig) -> dict[str, Attack]:
     attacks = {str(name): instantiate(spec, _convert_="all") for name, spec in (cfg.get("attack") or {}).items()}
@@ -268,6 +271,10 @@ def prepare(cfg: DictConfig, *, load_target: Callable[[DictConfig], Any] | None 
     if commitment is not None:
         commit.check_target(commitment, target.fingerprint)
 
+    res = getattr(getattr(target, "info", None), "resolution", None)
+    if isinstance(res, int) and not 8 <= res <= MAX_RESOLUTION:  # e.g. a config with sample_size=100000
+        raise ValueError(f"the model scores works at {res} px, outside 8..{MAX_RESOLUTION}: check its config "
+                         "(sample_size) or set target.resolution")
     t0 = time.time()
     evidence = load_evidence_from_config(cfg.data, target.info.resolution, progress, entries=entries)
     timings["load_evidence_s"] = time.time() - t0

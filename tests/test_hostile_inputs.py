@@ -532,3 +532,15 @@ def test_bad_model_index_is_named_in_one_line(tmp_path, content):
         load_target(str(tmp_path / "model"), local_files_only=True, device="cpu")
     line = user_error_line(info.value)
     assert line is not None and "model_index.json" in line, (line, info.value)
+
+
+def test_an_absurd_model_resolution_fails_in_one_line_before_decoding(manifest, tmp_path, monkeypatch):
+    import audit.prepare as prep
+
+    class Huge:
+        fingerprint, info = "f" * 64, type("I", (), {"resolution": 100_000})()
+
+    monkeypatch.setattr(prep, "load_evidence_from_config", lambda *a, **k: pytest.fail("nothing may be decoded"))
+    cfg = _cfg([f"target.source={tmp_path}/m", f"data.manifest={manifest}"])
+    with pytest.raises(ValueError, match="the model scores works at 100000 px"):
+        prep.prepare(cfg, load_target=lambda c: Huge(), progress=False)
