@@ -87,8 +87,9 @@ def test_blind_baseline_rarely_withholds_a_randomised_true_positive_design():
         table, imgs = _table(score[:n_s], score[n_s:])
         feats, F = _features(imgs, rng)
         feats["px_f0"] = f0
+        # the default plan of audit-run: difficulty-adjusted scores, gates at 0.01
         plan = AnalysisPlan(crossfit_permutations=99, n_permutations=499, n_bootstrap=20, gates=("blind_baseline",),
-                            auto_strata=False, seed=rep)
+                            auto_strata=False, seed=rep, adjust="features")
         g = analyze(table, imgs, plan, feats).gate("blind_baseline")
         assert g.details["gate_alpha"] == 0.01 and g.details["n_subtests"] == 2
         withheld += g.status == "fail"
@@ -175,6 +176,14 @@ def test_difficulty_adjustment_does_not_look_at_roles_and_removes_a_feature_driv
     fixed = analyze(table, imgs, AnalysisPlan(gates=(), n_bootstrap=20, auto_strata=False, adjust="features"), feats)
     assert raw.verdict.p_value < 0.01 < fixed.verdict.p_value
     assert fixed.adjustment is not None and "difficulty-adjusted" in " ".join(fixed.notes)
+
+
+def test_gate_level_follows_the_adjustment_unless_set():
+    assert AnalysisPlan(adjust="features").gate_alpha == 0.01
+    assert AnalysisPlan().gate_alpha == 0.05 and AnalysisPlan(alpha=0.01).gate_alpha == 0.01  # raw scores: alpha
+    assert AnalysisPlan(adjust="features", gate_alpha=0.05).gate_alpha == 0.05
+    with pytest.raises(ValueError, match="gate_alpha"):
+        AnalysisPlan(gate_alpha=1.5)
 
 
 def test_difficulty_adjustment_keeps_real_membership():

@@ -54,10 +54,11 @@ class AnalysisPlan:
     storey_lambda: float = 0.5  # λ of Storey's π̂₀ (share of p-values above λ)
     gates: tuple[str, ...] = GATES  # validity gates to run (a failed gate withholds the verdict)
     # Level at which a validity gate withholds the verdict. Each withholding gate run at level a withholds about
-    # a of all *valid* audits (results/gating/), so it is set below alpha: 0.01 per gate keeps the share of valid
-    # audits withheld by chance at <= 2% over the default gates, while the difficulty adjustment (adjust) keeps
-    # a model-free shift from becoming a conviction.
-    gate_alpha: float = 0.01
+    # a of all *valid* audits (results/gating/), so with difficulty-adjusted scores (adjust="features", which keeps
+    # a model-free shift from becoming a conviction) it is 0.01: the share of valid audits withheld by chance stays
+    # near 1-2% over the default gates. On raw scores nothing else guards against such a shift, so it stays at
+    # alpha (the gates' old level). None = this rule, resolved when the plan is made and recorded in plan.json.
+    gate_alpha: float | None = None
     # Difficulty adjustment of every score before testing: "features" replaces each work's score by its residual
     # after a cross-fitted ridge regression on the model-free image features, fitted on all works without their
     # roles (exactly valid under exchangeability); "none" tests the raw scores.
@@ -120,6 +121,9 @@ class AnalysisPlan:
             raise ValueError(f"fpr_levels must lie in (0, 1), got {self.fpr_levels}")
         if not 0.0 <= self.storey_lambda < 1.0 or not 0.0 < self.power_target < 1.0 or not 0 < self.ci_level < 1:
             raise ValueError("storey_lambda must be in [0, 1); power_target and ci_level in (0, 1)")
+        if self.gate_alpha is None:
+            object.__setattr__(self, "gate_alpha", 0.01 if self.adjust == "features" else float(self.alpha))
+        object.__setattr__(self, "gate_alpha", float(self.gate_alpha))
         if not 0.0 < float(self.gate_alpha) < 1.0:
             raise ValueError(f"gate_alpha must be in (0, 1), got {self.gate_alpha}")
         if self.adjust not in ADJUSTMENTS:
