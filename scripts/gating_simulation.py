@@ -15,8 +15,9 @@ For each simulated audit it records the sub-test p-values once and applies both 
 
 - **before** (the landed gates): blind baseline withholds when either sub-test has p ≤ α (0.05); the placebo's
   implementation check withholds when its Clopper–Pearson interval lies above α;
-- **after**: blind baseline = one test, Bonferroni of the two sub-tests, withholding at ``gate_alpha`` = 0.01;
-  the placebo check is a reported self-test (never withholds);
+- **after**: blind baseline = one test, Bonferroni of the two sub-tests, withholding at ``gate_alpha`` (0.01 on
+  difficulty-adjusted scores, the default; α on raw scores); the placebo check is a reported self-test (never
+  withholds);
 
 and the primary test on the raw scores and on the difficulty-adjusted scores (:mod:`audit.stats.adjust`). A
 *false conviction* is a rejection at α that no gate withheld, in a design without members.
@@ -136,7 +137,8 @@ def table(records: list[dict], alpha: float = 0.05, gate_alpha: float = 0.01) ->
     has_placebo = "placebo_lo" in df.columns and df["placebo_lo"].notna().any()
     df["placebo_before"] = df["placebo_lo"].fillna(0) > alpha if has_placebo else False
     df["withheld_before"] = df["blind_before"] | df["placebo_before"]
-    df["blind_after_raw"] = df["blind_gate_raw"] <= gate_alpha
+    # the gate level follows the adjustment (AnalysisPlan.gate_alpha): 0.01 on adjusted scores, alpha on raw ones
+    df["blind_after_raw"] = df["blind_gate_raw"] <= alpha
     df["blind_after_adj"] = df["blind_gate_adjusted"] <= gate_alpha
     df["reject_raw"] = df["p_raw"] <= alpha
     df["reject_adj"] = df["p_adjusted"] <= alpha
@@ -153,8 +155,8 @@ def table(records: list[dict], alpha: float = 0.05, gate_alpha: float = 0.01) ->
         out += [f"## {design}", ""]
         if design in ("valid", "members"):
             out += ["Valid controls: every withholding is a false withholding.", "",
-                    "| primary | audits | blind before | placebo before | any gate before | blind after (raw) | "
-                    "blind after (adjusted) | reject raw | reject adjusted |", "|---|---|---|---|---|---|---|---|---|"]
+                    "| primary | audits | blind before | placebo before | any gate before | blind after (raw scores, gate at α) | "
+                    "blind after (adjusted, gate at 0.01: the default) | reject raw | reject adjusted |", "|---|---|---|---|---|---|---|---|---|"]
             for pr in PRIMARIES + ("all",):
                 e = d if pr == "all" else d[d["primary"] == pr]
                 n = len(e)
@@ -168,8 +170,8 @@ def table(records: list[dict], alpha: float = 0.05, gate_alpha: float = 0.01) ->
             out += ["Suspects differ from controls by 0.5 SD in the feature that drives the score; no member. "
                     "A false conviction = rejected at α and not withheld.", "",
                     "| primary | audits | reject raw | caught by gates before | false conviction before | "
-                    "false conviction after (raw score) | reject adjusted | false conviction after (adjusted, default "
-                    "candidate) |", "|---|---|---|---|---|---|---|---|"]
+                    "false conviction after (raw scores, gate at α) | reject adjusted | false conviction after (adjusted, gate "
+                    "at 0.01: the default) |", "|---|---|---|---|---|---|---|---|"]
             for pr in PRIMARIES + ("all",):
                 e = d if pr == "all" else d[d["primary"] == pr]
                 n = len(e)
