@@ -185,6 +185,7 @@ def test_regeneration_never_rewrites_data_and_reseals(sealed, tmp_path):
     assert verify.verify(elsewhere).ok
 
 
+@pytest.mark.slow
 def test_unfinished_folder_is_reported_and_not_regenerated_silently(tmp_path, capsys):
     import scripts.report as report_script
 

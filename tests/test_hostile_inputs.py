@@ -431,6 +431,7 @@ def test_duplicate_manifest_column_and_foreign_encodings_are_refused_in_one_line
         read_manifest(m)
 
 
+@pytest.mark.slow
 def test_audit_verify_into_a_closed_pipe_has_no_traceback(genuine):
     proc = subprocess.run(f"{sys.executable} -c 'from audit.verify import console; console()' {genuine} | head -c 1",
                           shell=True, capture_output=True, text=True, timeout=300)
