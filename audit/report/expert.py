@@ -166,20 +166,20 @@ def load_expert(cfg: dict[str, Any], folder: str | Path | None = None, regenerat
     """The expert record of a run: every key of :data:`EXPERT_KEYS` plus ``stated`` (a name was given),
     ``origin``, ``exhibit`` ({name, sha256} or None) and ``jurisdiction``.
 
-    ``cfg``: the run's resolved configuration (plain values). A folder that already holds ``expert.yaml`` (a
-    regenerated report) is read from that exhibit only; otherwise the sources are merged and, for a run, written to
-    ``folder/expert.yaml``."""
+    ``cfg``: the run's resolved configuration (plain values). A regenerated report reads the folder's exhibit
+    ``expert.yaml`` only; a run merges the sources and writes them to ``folder/expert.yaml``."""
     rec = _empty()
     cfg = cfg if isinstance(cfg, dict) else {}
     rep = cfg.get("report") if isinstance(cfg.get("report"), dict) else {}
     exhibit_path = Path(folder) / EXPERT_EXHIBIT if folder is not None else None
     origin = "not stated"
     data = None
-    if exhibit_path is not None and exhibit_path.is_file() and not exhibit_path.is_symlink():
-        data = exhibit_path.read_bytes()
-        _merge(rec, _read_yaml(exhibit_path, EXPERT_EXHIBIT) or {}, EXPERT_EXHIBIT)
-        origin = f"exhibit {EXPERT_EXHIBIT}"
-    elif not regenerated:
+    if regenerated:  # a report made again from a folder: its exhibit is the record, nothing named in the folder
+        if exhibit_path is not None and exhibit_path.is_file() and not exhibit_path.is_symlink():
+            data = exhibit_path.read_bytes()
+            _merge(rec, _read_yaml(exhibit_path, EXPERT_EXHIBIT) or {}, EXPERT_EXHIBIT)
+            origin = f"exhibit {EXPERT_EXHIBIT}"
+    else:
         legacy = rep.get("expert")
         if isinstance(legacy, dict):
             _merge(rec, {k: v for k, v in legacy.items() if k in ("name", "qualifications", "instructing_party")},
@@ -202,6 +202,8 @@ def load_expert(cfg: dict[str, Any], folder: str | Path | None = None, regenerat
                                   allow_unicode=True).encode("utf-8")
             exhibit_path.parent.mkdir(parents=True, exist_ok=True)
             exhibit_path.write_bytes(data)
+        elif exhibit_path is not None and exhibit_path.is_file() and not exhibit_path.is_symlink():
+            exhibit_path.unlink()  # an exhibit this run's configuration does not state must not stay beside it
     rec["stated"] = rec["name"] is not None
     rec["origin"] = origin
     rec["exhibit"] = {"name": EXPERT_EXHIBIT, "sha256": hashlib.sha256(data).hexdigest()} if data is not None else None
@@ -272,9 +274,9 @@ def order_statement(proc: dict[str, Any]) -> str:
     """What the records show about the order of plan and scores, with the clocks they come from (never that a hash
     shows an order)."""
     if proc.get("order_ok") and proc.get("committed"):
-        return _("The procedure record in this report shows the analysis plan committed with audit-plan "
-                 "(%(when)s, by the clock of the machine that committed it) and no score used in this report computed "
-                 "before that time (by the clocks of the machines that computed them). The plan's SHA-256 identifies "
+        return _("The procedure record in this report shows the analysis plan committed with audit-plan before any "
+                 "score used in it was computed (committed %(when)s, by the clock of the machine that committed it; "
+                 "the scores' times by the clocks of the machines that computed them). The plan's SHA-256 identifies "
                  "the plan; it does not by itself show when the plan was fixed. I have not selected among analyses "
                  "after seeing their results.", when=proc.get("committed_utc") or _("time not recorded"))
     if proc.get("order_ok"):
