@@ -32,7 +32,10 @@ def test_wheel_installs_and_audits_outside_the_source_tree(memorized_ddpm, tmp_p
     venv = tmp_path / "venv"  # sees the installed dependencies, nothing is downloaded; not the checkout
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
     py, bindir = venv / "bin" / "python", venv / "bin"
-    inst = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+    # --ignore-installed: the outer environment may hold an editable install of the checkout, which pip would
+    # otherwise take for this package already being installed
+    inst = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                           str(wheel)],
                           capture_output=True, text=True, timeout=600)
     assert inst.returncode == 0, inst.stderr[-2000:]
     work = tmp_path / "elsewhere"
