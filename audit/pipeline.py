@@ -235,7 +235,8 @@ def analyze_and_report(run: io.RunData, plan: Any, report_cfg: Any, out: Path,
                             formats=list(report_cfg.get("formats", ["html", "pdf"])),
                             filename=report_cfg.get("filename", "report.html"),
                             pdf_filename=report_cfg.get("pdf_filename", "report.pdf"),
-                            features=run.features, run_folder=source or out)
+                            features=run.features, run_folder=source or out,
+                            language=report_cfg.get("language"))
     for kind, path in written.items():
         print(f"report ({kind}): {path}")
     return Path(written.get("html", out))

@@ -61,6 +61,7 @@ def _overrides(items: list[str]) -> tuple[dict, list[str] | None]:
     """``stats.<field>=<value>`` → plan values; ``report.formats=[...]`` → formats. Values are parsed as YAML
     scalars / lists (safe loader); anything else is refused."""
     plan, formats = {}, None
+    report_language = None
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -71,12 +72,17 @@ def _overrides(items: list[str]) -> tuple[dict, list[str] | None]:
             raise RegenerationRefused(f"override {item!r}: cannot parse the value ({e.problem})") from None
         if key.startswith("stats.") and key.count(".") == 1:
             plan[key.split(".", 1)[1]] = value
+        elif key == "report.language":  # en | zh | en+zh (issue 22)
+            from audit.report.i18n import check_language
+
+            check_language(value)
+            report_language = value
         elif key == "report.formats":
             formats = [str(f) for f in (value if isinstance(value, list) else [value])]
         else:
-            raise RegenerationRefused(f"override {key!r}: only stats.<field>=... and report.formats=[...] can be "
+            raise RegenerationRefused(f"override {key!r}: only stats.<field>=..., report.formats=[...] and report.language=... can be "
                                       "changed when regenerating a report")
-    return plan, formats
+    return plan, formats, report_language
 
 
 def _report_settings(config_yaml: str) -> dict:
@@ -87,7 +93,9 @@ def _report_settings(config_yaml: str) -> dict:
         cfg = {}
     rep = cfg.get("report") if isinstance(cfg, dict) else None
     rep = rep if isinstance(rep, dict) else {}
-    out = {"formats": ["html", "pdf"], "filename": "report.html", "pdf_filename": "report.pdf"}
+    out = {"formats": ["html", "pdf"], "filename": "report.html", "pdf_filename": "report.pdf", "language": "en"}
+    if rep.get("language") in ("en", "zh", "en+zh"):
+        out["language"] = rep["language"]
     if isinstance(rep.get("formats"), list) and all(f in ("html", "pdf") for f in rep["formats"]):
         out["formats"] = list(rep["formats"])
     for key, suffix in (("filename", ".html"), ("pdf_filename", ".pdf")):
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None) -> Path:
     verify.check_regular(src)  # a symbolic link is never followed, not even with --allow-altered
     if not (src / io.SCORES).is_file():
         raise RegenerationRefused(f"{src} is not an audit results folder (no {io.SCORES})")
-    plan_values, formats = _overrides(args.overrides)  # a typo fails here, before anything is read or written
+    plan_values, formats, report_language = _overrides(args.overrides)  # a typo fails here, before anything is read or written
     check = verify.verify(src, recompute=False)  # the analysis is recomputed below anyway
     problems = list(check.problems)
     if problems and not args.allow_altered:
@@ -138,6 +146,8 @@ def main(argv: list[str] | None = None) -> Path:
     if bad or not settings["formats"]:
         raise RegenerationRefused(f"report formats must be html and/or pdf, got {settings['formats']}")
     settings["enabled"] = True
+    if report_language is not None:
+        settings["language"] = report_language
 
     out: Path = args.out or src
     in_place = out.resolve() == src.resolve()
@@ -160,7 +170,13 @@ def main(argv: list[str] | None = None) -> Path:
         run.metadata["altered_data"] = problems
         print("WARNING: regenerating from a folder that failed verification: " + "; ".join(problems))
     from audit.pipeline import analyze_and_report
+    from audit.report.i18n import LANGUAGES, localized_name
 
+    for lang in LANGUAGES:  # a report in another language from the earlier analysis must not stay beside the new one
+        for name in (settings["filename"], settings["pdf_filename"]):
+            stale = out / localized_name(name, lang, first=False)
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
     result = analyze_and_report(run, plan, settings, out, source=src)
     io.write_json(out / io.REGENERATED, {
         "command": command, "regenerated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

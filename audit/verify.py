@@ -146,7 +146,24 @@ def check_reports(d: Path, notes: list[str], format_version: int) -> list[str]:
     except Exception:
         return []  # an unreadable analysis is reported by the recomputation
     digest = analysis_sha256(d)
-    html_name, pdf_name = _report_names(d)
+    from audit.report.i18n import LANGUAGES, localized_name
+
+    first_html, first_pdf = _report_names(d)
+    checked = 0
+    for html_name, pdf_name in [(first_html, first_pdf)] + [  # report.zh.html / .pdf of report.language=en+zh
+            (localized_name(first_html, x, first=False), localized_name(first_pdf, x, first=False)) for x in LANGUAGES]:
+        checked += _check_report_pair(d, html_name, pdf_name, sentence, digest, format_version, problems, notes)
+    if checked and not problems:
+        notes.append("the report states the verdict of the analysis")
+    return problems
+
+
+def _check_report_pair(d: Path, html_name: str, pdf_name: str, sentence: str, digest: Any, format_version: int,
+                       problems: list[str], notes: list[str]) -> int:
+    import re
+    import shutil
+    import subprocess
+
     checked = 0
     if (d / html_name).is_file():
         text = (d / html_name).read_text(encoding="utf-8", errors="replace")
@@ -173,9 +190,7 @@ def check_reports(d: Path, notes: list[str], format_version: int) -> list[str]:
                 problems.append(f"{pdf_name} does not state the verdict of {io.ANALYSIS} (edited, or another "
                                 "audit's report)")
             checked += 1
-    if checked and not problems:
-        notes.append("the report states the verdict of the analysis")
-    return problems
+    return checked
 
 
 def _report_names(d: Path) -> tuple[str, str]:

@@ -79,7 +79,7 @@ def _breakable(value: Any) -> Any:
     return _LONG_RUN.sub("\\1\u200b", value)
 
 
-def _env() -> Environment:
+def _env(lang: str = "en") -> Environment:
     # autoescape=True, not select_autoescape(): the template is "*.html.j2", which select_autoescape's
     # extension check would not recognise as HTML, and captions/paths are untrusted text.
     env = Environment(
@@ -97,6 +97,9 @@ def _env() -> Environment:
     env.filters["basename"] = lambda v: Path(str(v)).name if v else ""
     env.filters["sig"] = lambda v: f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else str(v)
     env.globals["zip"] = zip
+    from audit.report.i18n import install
+
+    install(env, lang)  # issue 22: the catalogue of `lang` (jinja2.ext.i18n) and its number formatters
     return env
 
 
@@ -633,7 +636,7 @@ def _context(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | Non
 #: the records a report is made from, quoted in its appendix by SHA-256 (config and run records are exhibits, not
 #: pages of YAML); the report's own derived numbers go to REPORT_RECORDS, whose SHA-256 the report prints
 EXHIBIT_FILES = ("config.yaml", "run.json", "plan.json", "committed_plan.json", "analysis.json", "scores.parquet",
-                 "images.parquet", "features.parquet", "rejected.json", "evidence_inventory.csv", "case.yaml")
+                 "images.parquet", "features.parquet", "rejected.json", "evidence_inventory.csv", "case.yaml", "expert.yaml")
 REPORT_RECORDS = "report_records.json"
 
 
@@ -668,6 +671,9 @@ def report_records(result: AuditResult, scores: ScoreTable, images: pd.DataFrame
             proc["tool_uncommitted"].append(mark)
     cfg = _config_values(metadata.get("config_yaml"))
     case = load_case(cfg, folder, regenerated=regenerated)
+    from audit.report.expert import load_expert
+
+    expert = load_expert(cfg, folder, regenerated=regenerated)  # writes the exhibit expert.yaml before hashing
     basis = basis_summary(images, case, result.plan.control_role)
     try:
         per_work, _ = collapse_scores(scores, result.primary_attack)
@@ -687,7 +693,7 @@ def report_records(result: AuditResult, scores: ScoreTable, images: pd.DataFrame
         if regenerated and seal.is_file():  # the seal of the data this report was regenerated from
             source_seal = _sha256(seal)
     return {"procedure": proc, "case": {k: case[k] for k in ("model", "selection", "stated", "origin", "exhibit")},
-            "basis": basis, "date_trend": date, "exhibits": exhibits, "source_seal": source_seal,
+            "basis": basis, "date_trend": date, "exhibits": exhibits, "expert_record": expert, "source_seal": source_seal,
             "near_duplicates": sum("near-duplicate" in str(r.get("reason", "")).lower() for r in rejected)}
 
 
@@ -749,9 +755,15 @@ def _thumbnails(result: AuditResult, images: pd.DataFrame | None, features: pd.D
 # ---------------------------------------------------------------------------------------------- writers
 def _render(result: AuditResult, scores: ScoreTable, images: pd.DataFrame | None, rejected: list[dict[str, Any]],
             metadata: dict[str, Any], features: pd.DataFrame | None = None, pdf_note: str | None = None,
-            run_folder: str | Path | None = None, records: dict[str, Any] | None = None) -> str:
-    ctx = _context(result, scores, images, rejected, metadata, features, pdf_note, run_folder, records)
-    return _env().get_template("report.html.j2").render(**ctx)
+            run_folder: str | Path | None = None, records: dict[str, Any] | None = None, lang: str = "en") -> str:
+    from audit.report import i18n
+    from audit.report.languages import localized_context
+
+    with i18n.use(lang):
+        ctx = _context(result, scores, images, rejected, metadata, features, pdf_note, run_folder, records)
+        ctx.update(localized_context(result, ctx, _config_values(metadata.get("config_yaml")), records,
+                                     metadata, run_folder, lang))
+        return _env(lang).get_template("report.html.j2").render(**ctx)
 
 
 def render_html(
@@ -764,6 +776,7 @@ def render_html(
     features: pd.DataFrame | None = None,
     pdf_note: str | None = None,
     run_folder: str | Path | None = None,
+    lang: str = "en",
 ) -> Path:
     """Write the audit report as one self-contained HTML file at ``out_path`` and return its path.
 
@@ -782,7 +795,7 @@ def render_html(
 
     write_json(out.parent / REPORT_RECORDS, records)
     meta["records_seal"] = {"name": REPORT_RECORDS, "sha256": _sha256(out.parent / REPORT_RECORDS)}
-    html = _render(result, scores, images, rejected, meta, features, pdf_note, run_folder, records)
+    html = _render(result, scores, images, rejected, meta, features, pdf_note, run_folder, records, lang=lang)
     sha = metadata.get("analysis_sha256")
     if isinstance(sha, str) and len(sha) == 64:  # binds the report to its analysis (checked by audit-verify)
         html = html.replace("<head>", f'<head>\n<meta name="audit-analysis-sha256" content="{sha}">', 1)
@@ -851,6 +864,7 @@ def write_reports(
     pdf_filename: str = "report.pdf",
     features: pd.DataFrame | None = None,
     run_folder: str | Path | None = None,
+    language: str | None = None,
 ) -> dict[str, Path]:
     """Write the report in each of ``formats`` (``html``, ``pdf``) into ``out_dir``; returns {format: path}.
 
@@ -862,21 +876,40 @@ def write_reports(
     if unknown:
         raise ValueError(f"unknown report formats {unknown}; choose from ['html', 'pdf']")
     out = Path(out_dir)
-    html_path = render_html(result, scores, images, rejected, metadata, out / filename, features,
-                            run_folder=run_folder if run_folder is not None else out)
-    written: dict[str, Path] = {"html": html_path}
-    if "pdf" in formats:
-        try:
-            written["pdf"] = render_pdf(html_path, out / pdf_filename)
-        except PdfUnavailable as e:
-            msg = f"PDF report NOT written: {e}. The HTML report is complete: {html_path}"
-            log.error(msg)
-            print(msg)
-            # Say so inside the HTML too (the template leaves a marker for it; no second rendering needed).
-            note = (f'<p class="pdfnote"><b>PDF report not written:</b> {escape(str(e))}. '
-                    "This HTML report is complete.</p>")
-            raw = html_path.read_text(encoding="utf-8")
-            html_path.write_text(raw.replace(_PDF_NOTE_MARK, note, 1), encoding="utf-8")
+    from audit.report.i18n import check_language, localized_name
+    from audit.report.languages import font_note
+
+    if language is None:
+        language = (_config_values(metadata.get("config_yaml")).get("report") or {}).get("language")
+    written: dict[str, Path] = {}
+    for i, lang in enumerate(check_language(language)):  # en+zh: report.html and report.zh.html, ...
+        name, pdf_name = localized_name(filename, lang, i == 0), localized_name(pdf_filename, lang, i == 0)
+
+        def key(kind: str, lang: str = lang, first: bool = i == 0) -> str:
+            return kind if first else f"{kind}.{lang}"
+
+        html_path = render_html(result, scores, images, rejected, metadata, out / name, features,
+                                run_folder=run_folder if run_folder is not None else out, lang=lang)
+        written[key("html")] = html_path
+        if "pdf" in formats:
+            font = font_note(lang)
+            if font:  # the PDF is still written; the run and the HTML say why its Chinese would be boxes
+                print(f"note: {font}")
+                log.warning(font)
+                raw = html_path.read_text(encoding="utf-8")
+                html_path.write_text(raw.replace(_PDF_NOTE_MARK, f'<p class="pdfnote">{escape(font)}</p>' + _PDF_NOTE_MARK, 1),
+                                     encoding="utf-8")
+            try:
+                written[key("pdf")] = render_pdf(html_path, out / pdf_name)
+            except PdfUnavailable as e:
+                msg = f"PDF report NOT written: {e}. The HTML report is complete: {html_path}"
+                log.error(msg)
+                print(msg)
+                # Say so inside the HTML too (the template leaves a marker for it; no second rendering needed).
+                note = (f'<p class="pdfnote"><b>PDF report not written:</b> {escape(str(e))}. '
+                        "This HTML report is complete.</p>")
+                raw = html_path.read_text(encoding="utf-8")
+                html_path.write_text(raw.replace(_PDF_NOTE_MARK, note, 1), encoding="utf-8")
     return written
 
 
