@@ -156,3 +156,36 @@ def count_forward_calls(model_cls):
         yield calls
     finally:
         model_cls.forward = orig
+
+
+def compose_audit(overrides: list[str]):
+    """The audit config composed from the package's configs with ``overrides`` (as audit-run would)."""
+    from hydra import compose, initialize_config_dir
+
+    from audit.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="audit", overrides=overrides, return_hydra_config=False)
+
+
+def small_audit(ddpm: TinyDDPM, root: Path, n_suspect: int = 8, n_control: int = 16) -> tuple[list[str], list[dict]]:
+    """Copies of ``n_suspect`` members (suspects) and ``n_control`` held-out works (controls) of ``ddpm`` under
+    ``root/works``, their manifest, and the overrides of a quick audit of them (loss only, small resamples, HTML)."""
+    import shutil
+
+    from audit.data import write_manifest
+
+    works = root / "works"
+    works.mkdir()
+    rows = []
+    for role, paths in (("suspect", ddpm.member_paths[:n_suspect]), ("control", ddpm.held_out_paths[:n_control])):
+        for p in paths:
+            dst = works / f"{role}_{p.name}"
+            shutil.copyfile(p, dst)
+            rows.append({"path": str(dst), "role": role, "caption": "", "artist": "a", "created": ""})
+    manifest = write_manifest(rows, root / "manifest.csv")
+    base = ["experiment=own_model", f"target.source={ddpm.model_dir}", "target.local_files_only=true",
+            f"data.manifest={manifest}", "attack=[loss]", "attack.loss.timesteps=[50,100]", "runtime.progress=false",
+            "stats.n_permutations=499", "stats.n_bootstrap=50", "stats.crossfit_permutations=49", "stats.n_placebo=50",
+            "report.formats=[html]"]
+    return base, rows

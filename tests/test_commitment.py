@@ -3,40 +3,25 @@ plan_commitment refuses any difference, and the report says which kind of plan i
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from audit import commitment as commit
 from audit.cli import commit_plan
-from audit.cli import CONFIG_DIR
 from audit.data import write_manifest
 from audit.pipeline import run_audit
+from tests.conftest import compose_audit, small_audit
 
 
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="audit", overrides=overrides, return_hydra_config=False)
+_compose = compose_audit
 
 
 @pytest.fixture(scope="module")
 def setup(memorized_ddpm, tmp_path_factory):
     root = tmp_path_factory.mktemp("commit")
-    works = root / "works"
-    works.mkdir()
-    rows = []
-    for role, paths in (("suspect", memorized_ddpm.member_paths[:8]), ("control", memorized_ddpm.held_out_paths[:16])):
-        for p in paths:
-            dst = works / f"{role}_{p.name}"
-            shutil.copyfile(p, dst)
-            rows.append({"path": str(dst), "role": role, "caption": "", "artist": "a", "created": ""})
-    manifest = write_manifest(rows, root / "manifest.csv")
-    base = ["experiment=own_model", f"target.source={memorized_ddpm.model_dir}", "target.local_files_only=true",
-            f"data.manifest={manifest}", "attack=[loss]", "attack.loss.timesteps=[50,100]", "runtime.progress=false",
-            "stats.n_permutations=499", "stats.n_bootstrap=50", "stats.crossfit_permutations=49", "stats.n_placebo=50",
-            "report.formats=[html]", "score_store=null"]
+    base, rows = small_audit(memorized_ddpm, root)
+    base = base + ["score_store=null"]
     path = commit_plan(_compose(base), root / "plan")
     return root, base, path, rows
 
