@@ -16,7 +16,7 @@ import torch
 from diffusers import UNet2DModel
 
 from audit import io, verify
-from audit.parallel import (ScaleRun, apply_speed_settings, assign_batches, probe_batch_size, shard_batches,
+from audit.parallel import (EXECUTORS, ScaleRun, SingleRun, apply_speed_settings, assign_batches, probe_batch_size, shard_batches,
                             validate_scale_config)
 from tests.conftest import count_forward_calls
 
@@ -349,7 +349,7 @@ def test_store_context_keeps_non_default_denoiser_settings_apart(tmp_path):
     plain = ScoreStore(tmp_path, "f" * 64, 0, "float32", "cpu")
     eager = ScoreStore(tmp_path, "f" * 64, 0, "float32", "cpu", settings="attention=eager")
     assert plain.folder != eager.folder and "denoiser_settings" not in plain.context  # defaults: old key kept
-    run = ScaleRun()
+    run = SingleRun()
     assert run.store_settings() == ""
     run.speed = {"attention": {"setting": "eager"}, "channels_last": True, "compile": "default"}
     assert run.store_settings() == "attention=eager,channels_last,compile=default"

@@ -14,8 +14,8 @@ reading the store. A shard that dies leaves its finished batches there; rerunnin
 only what it had not finished. Each shard also writes a small record (evaluations, timings, the store
 context, the attacks' parameter hashes, the declared plan) that the merge collects into ``run.json``.
 
-Modes (decided by :meth:`ScaleRun.from_config` from ``runtime.shards`` / ``runtime.shard`` and the
-environment):
+Modes (decided by :func:`validate_scale_config` from ``runtime.shards`` / ``runtime.shard`` and the environment;
+each has its own executor in :mod:`audit.parallel.executors`):
 
 * ``single`` — one process, no sharding (``runtime.shards=1``, the default);
 * ``distributed`` — ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1): rank r scores shard r; the
@@ -34,17 +34,11 @@ import hashlib
 import json
 import logging
 import os
-import socket
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import pandas as pd
 import torch
-
-from audit.types import SCORE_COLUMNS, EvidenceSet, ScoreTable, params_hash
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +159,28 @@ def record_name(index: int, n: int) -> str:
     return f"shard-{index:03d}-of-{n:03d}.json"
 
 
+def read_records(shard_dir: Path, n_shards: int) -> list[dict[str, Any]]:
+    """Every shard's record from ``shard_dir``; refuses a missing one, or shards run with other settings, in one
+    line (the merge job's first step)."""
+    recs, missing = [], []
+    for i in range(n_shards):
+        p = shard_dir / record_name(i, n_shards)
+        if not p.is_file():
+            missing.append(i)
+            continue
+        recs.append(json.loads(p.read_text()))
+    if missing:
+        raise ValueError(f"merge: no record of shard(s) {missing} of {n_shards} in {shard_dir}: "
+                         "run them first (runtime.shard=<i>), then the merge again")
+    first = recs[0]
+    for r in recs[1:]:
+        for key in ("store_context", "attack_hashes", "batch_size", "n_images", "plan_sha256", "image_ids_sha256"):
+            if r.get(key) != first.get(key):
+                raise ValueError(f"merge: shard {r['index']} differs from shard {first['index']} in {key}: "
+                                 "the shards were not run with the same configuration")
+    return recs
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -197,279 +213,3 @@ class EvalProgress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-# ---------------------------------------------------------------------------------------------- the run
-@dataclass
-class ScaleRun:
-    """One process's part of a (possibly sharded) audit; the pipeline calls it at five points."""
-
-    mode: str = "single"
-    n_shards: int = 1
-    index: int | None = None
-    shard_dir: Path | None = None
-    local_rank: int = 0
-    records: list[dict[str, Any]] = field(default_factory=list)
-    speed: dict[str, Any] = field(default_factory=dict)
-    record_path: Path | None = None
-    _t0: float = field(default_factory=time.time)
-
-    # -- 1. before anything is built
-    @classmethod
-    def from_config(cls, cfg: Any) -> "ScaleRun":
-        mode, n, index = validate_scale_config(cfg)
-        rt = cfg.runtime
-        run = cls(mode=mode, n_shards=n, index=index,
-                  shard_dir=Path(str(rt.shard_dir)) if rt.get("shard_dir") else None)
-        if mode == "distributed":
-            rank, world, local = _distributed_env()
-            run.local_rank = local
-            import torch.distributed as dist
-
-            if not dist.is_initialized():  # gloo: object collectives work on CPU and GPU nodes alike
-                hours = float(rt.get("dist_timeout_h", 72) or 72)
-                dist.init_process_group("gloo", timeout=timedelta(hours=hours))
-            device = str(rt.get("device", "cpu"))
-            if device in ("cuda", "auto") and torch.cuda.is_available():
-                rt.device = f"cuda:{local % max(torch.cuda.device_count(), 1)}"  # one GPU per process
-        if mode == MERGE:
-            run.records = run._read_records()
-        return run
-
-    @property
-    def is_merge(self) -> bool:
-        return self.mode == MERGE
-
-    @property
-    def rank0(self) -> bool:
-        return self.mode in ("single", MERGE) or (self.mode == "distributed" and self.index == 0)
-
-    def _read_records(self) -> list[dict[str, Any]]:
-        assert self.shard_dir is not None
-        recs, missing = [], []
-        for i in range(self.n_shards):
-            p = self.shard_dir / record_name(i, self.n_shards)
-            if not p.is_file():
-                missing.append(i)
-                continue
-            recs.append(json.loads(p.read_text()))
-        if missing:
-            raise ValueError(f"merge: no record of shard(s) {missing} of {self.n_shards} in {self.shard_dir}: "
-                             "run them first (runtime.shard=<i>), then the merge again")
-        first = recs[0]
-        for r in recs[1:]:
-            for key in ("store_context", "attack_hashes", "batch_size", "n_images", "plan_sha256", "image_ids_sha256"):
-                if r.get(key) != first.get(key):
-                    raise ValueError(f"merge: shard {r['index']} differs from shard {first['index']} in {key}: "
-                                     "the shards were not run with the same configuration")
-        return recs
-
-    # -- 2. the target (the merge does not load the model)
-    def load_target(self, cfg: Any) -> Any:
-        """The model (with the throughput settings of :mod:`audit.parallel.speed` applied), or for the merge job
-        the target as the shards recorded it."""
-        if self.is_merge:
-            return self.recorded_target()
-        from hydra.utils import instantiate
-
-        from audit.parallel.speed import apply_speed_settings
-
-        target = instantiate(cfg.target, _convert_="all")
-        self.speed = apply_speed_settings(target, cfg.runtime)
-        return target
-
-    def recorded_target(self) -> RecordedTarget:
-        r = self.records[0]
-        ctx = r["store_context"]
-        return RecordedTarget(fingerprint=ctx["target_fingerprint"], device=torch.device(r["device"]),
-                              dtype=getattr(torch, ctx["dtype"]), info=_Info(r["target_info"]),
-                              unet_evals=sum(int(x["unet_evaluations"]) for x in self.records),
-                              conditional=bool(r["target_info"].get("conditional", False)))
-
-    # -- 3. after the plan is declared
-    def after_plan(self, plan_record: dict[str, Any], out: Path) -> dict[str, Any]:
-        """Distributed: every rank has declared the plan before any rank scores. Merge: the plan the shards
-        declared before their scoring is the run's plan (the same SHA-256 is required)."""
-        if self.mode == "distributed":
-            import torch.distributed as dist
-
-            dist.barrier()
-        if self.is_merge:
-            shas = {r["plan_sha256"] for r in self.records}
-            if shas != {plan_record["sha256"]}:
-                raise ValueError(f"merge: the shards declared analysis plan(s) {sorted(shas)}, this merge job's "
-                                 f"plan is {plan_record['sha256']}: run the merge with the shards' configuration")
-            first = min(self.records, key=lambda r: r["plan"]["declared_utc"])
-            plan_record = {**first["plan"], "declared_by": (f"{self.n_shards} shard jobs, each before its scoring; "
-                                                            f"earliest: shard {first['index']}")}
-            from audit import io
-
-            io.write_json(Path(out) / io.PLAN, plan_record)
-        self._plan_record = plan_record
-        return plan_record
-
-    # -- 4. scoring
-    def score(self, target: Any, evidence: EvidenceSet, attacks: Mapping[str, Any], store: Any, *,
-              batch_size: int, seed: int, progress: bool) -> tuple[ScoreTable | None, Any]:
-        """Score this process's part. Returns the full ScoreTable where this process goes on to the analysis
-        (single, merge, distributed rank 0), else ``(None, stats)`` (a shard job, a distributed rank > 0)."""
-        from audit.store import StoreStats, score_with_store
-
-        ids = [r.image_id for r in evidence.records]
-        if store is not None and self.store_settings():  # scores of other denoiser settings are kept apart
-            from dataclasses import replace
-
-            store = replace(store, settings=self.store_settings())
-        if self.mode != "single" and store is None:
-            raise ValueError("this target does not use the score store (e.g. a black-box service), so its audit "
-                             "cannot be sharded: run it with runtime.shards=1")
-        if self.is_merge:
-            return self._assemble(evidence, attacks, store, batch_size, seed), self._merged_stats()
-        per_image = sum(int(a.evaluations_per_image()) for a in attacks.values())
-        if self.mode == "single" and store is None:  # one plain pass (score_evidence's own progress bar)
-            return score_with_store(target, evidence, attacks, None, batch_size=batch_size, seed=seed,
-                                    progress=progress)
-        if self.mode == "single":
-            bar = EvalProgress(target, len(evidence), per_image, "scoring", progress)
-            try:
-                table, stats = score_with_store(target, evidence, attacks, store, batch_size=batch_size, seed=seed,
-                                                progress=progress, on_batch=bar)
-            finally:
-                bar.close()
-            return table, stats
-        mine = shard_batches(ids, batch_size, self.n_shards, self.index)
-        n_mine = sum(min(batch_size, len(ids) - k * batch_size) for k in mine)
-        bar = EvalProgress(target, n_mine, per_image, f"shard {self.index}/{self.n_shards}", progress)
-        before, t0 = int(target.unet_evals), time.time()
-        ref_before = _reference_evals(attacks)
-        try:
-            _, stats = score_with_store(target, evidence, attacks, store, batch_size=batch_size, seed=seed,
-                                        progress=progress, batches=set(mine), on_batch=bar)
-        finally:
-            bar.close()
-        record = {
-            "format": RECORD_FORMAT, "index": self.index, "n_shards": self.n_shards, "mode": self.mode,
-            "batches": mine, "n_batches": len(range(0, len(ids), batch_size)), "batch_size": int(batch_size),
-            "n_images": len(ids), "n_images_in_shard": n_mine,
-            "image_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-            "unet_evaluations": int(target.unet_evals) - before,
-            "reference_unet_evaluations": _reference_evals(attacks) - ref_before,
-            "store": stats.to_dict(), "store_context": store.context, "store_folder": str(store.folder),
-            "attack_hashes": {name: params_hash(a.params()) for name, a in attacks.items()},
-            "attacks": {name: a.describe() for name, a in attacks.items()},
-            "device": str(target.device), "target_info": target.info.to_dict(),
-            "plan_sha256": self._plan_record["sha256"], "plan": self._plan_record,
-            "speed": self.speed, "scoring_s": time.time() - t0, "host": socket.gethostname(), "pid": os.getpid(),
-            "cuda_device": torch.cuda.get_device_name(target.device) if target.device.type == "cuda" else None,
-            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        if self.mode == "shard":
-            self.record_path = self.shard_dir / record_name(self.index, self.n_shards)
-            _write_json(self.record_path, record)
-            log.info("shard %d of %d done: %s", self.index, self.n_shards, self.record_path)
-            print(f"shard {self.index} of {self.n_shards} scored: {stats.computed} scores computed, "
-                  f"{stats.reused} reused; record: {self.record_path}")
-            return None, stats
-        import torch.distributed as dist  # distributed: gather every rank's record on rank 0
-
-        gathered: list[Any] = [None] * self.n_shards
-        dist.all_gather_object(gathered, record)
-        if self.index != 0:
-            print(f"rank {self.index} of {self.n_shards} scored: {stats.computed} scores computed, "
-                  f"{stats.reused} reused; rank 0 writes the results")
-            return None, stats
-        self.records = sorted(gathered, key=lambda r: r["index"])
-        return self._assemble(evidence, attacks, store, batch_size, seed), self._merged_stats()
-
-    def _assemble(self, evidence: EvidenceSet, attacks: Mapping[str, Any], store: Any, batch_size: int,
-                  seed: int) -> ScoreTable:
-        """Every score from the store, in the row order of a single-process run; refuses a gap in one line."""
-        r0 = self.records[0]
-        if set(attacks) != set(r0["attack_hashes"]):
-            raise ValueError(f"merge: the shards scored attacks {sorted(r0['attack_hashes'])}, this merge job "
-                             f"configures {sorted(attacks)}: run the merge with the shards' configuration")
-        hashes: dict[str, str] = {name: r0["attack_hashes"][name] for name in attacks}  # the run's attack order
-        ids = [r.image_id for r in evidence.records]
-        if r0["n_images"] != len(ids) or r0["image_ids_sha256"] != hashlib.sha256("\n".join(ids).encode()).hexdigest():
-            raise ValueError("merge: the accepted works differ from the shards' (manifest or files changed since)")
-        if self.is_merge:  # the store context the shards wrote (same code and version are not assumed)
-            from audit.store import ScoreStore
-
-            ctx = r0["store_context"]
-            store = ScoreStore(Path(store.root), ctx["target_fingerprint"], int(ctx["seed"]), ctx["dtype"],
-                               ctx["device_type"], version=ctx["package_version"], code=ctx["scoring_code"],
-                               settings=ctx.get("denoiser_settings", ""))
-        have = store.load()
-        done = {(a, b, c): float(s) for a, b, c, s in zip(have["image_id"], have["attack"],
-                                                          have["attack_params_hash"], have["score"])}
-        owner = assign_batches(ids, batch_size, self.n_shards)
-        rows, gaps = [], set()
-        for k, start in enumerate(range(0, len(ids), batch_size)):
-            recs = evidence.records[start:start + batch_size]
-            for name, h in hashes.items():
-                for r in recs:
-                    s = done.get((r.image_id, name, h))
-                    if s is None:
-                        gaps.add(owner[k])
-                    rows.append((r.image_id, r.role, name, h, s))
-        if gaps:
-            raise ValueError(f"merge: shard(s) {sorted(gaps)} of {self.n_shards} have unfinished batches in the "
-                             f"score store {store.folder}: rerun those shards alone (runtime.shard=<i>), then merge")
-        df = pd.DataFrame(rows, columns=["image_id", "role", "attack", "attack_params_hash", "score"])
-        df["target_fingerprint"] = r0["store_context"]["target_fingerprint"]
-        df["seed"] = int(seed)
-        return ScoreTable(df[list(SCORE_COLUMNS)])
-
-    def _merged_stats(self) -> Any:
-        from audit.store import StoreStats
-
-        s = StoreStats()
-        for r in self.records:
-            for k, v in r["store"].items():
-                setattr(s, k, getattr(s, k) + int(v))
-        return s
-
-    def store_settings(self) -> str:
-        """The non-default denoiser settings as part of the score store's context (see :class:`ScoreStore`)."""
-        sp = self.speed or {}
-        parts = []
-        if (sp.get("attention") or {}).get("setting", "auto") != "auto":
-            parts.append(f"attention={sp['attention']['setting']}")
-        if sp.get("channels_last"):
-            parts.append("channels_last")
-        if sp.get("compile"):
-            parts.append(f"compile={sp['compile']}")
-        return ",".join(parts)
-
-    # -- 5. what goes into run.json
-    def describe_attacks(self, attacks: Mapping[str, Any]) -> dict[str, Any]:
-        if self.is_merge:
-            return {name: self.records[0]["attacks"][name] for name in attacks}
-        return {name: a.describe() for name, a in attacks.items()}
-
-    def annotate(self, metadata: dict[str, Any]) -> None:
-        """Add the sharding record to run.json; in a merged run, evaluations are the shards' sums."""
-        if self.mode == "single":
-            metadata["scale"] = {"mode": "single", "shards": 1, "speed": self.speed}
-            return
-        keep = ("index", "batches", "n_images_in_shard", "unet_evaluations", "reference_unet_evaluations", "store",
-                "scoring_s", "host", "pid", "device", "cuda_device", "finished_utc")
-        metadata["unet_evaluations"] = sum(int(r["unet_evaluations"]) for r in self.records)
-        metadata["reference_unet_evaluations"] = sum(int(r["reference_unet_evaluations"]) for r in self.records)
-        metadata["scale"] = {
-            "mode": self.mode, "shards": self.n_shards,
-            "assignment": "batches of the single-process run, sorted by SHA-256 of their image ids, dealt round-robin",
-            "shard_dir": str(self.shard_dir) if self.shard_dir else None,
-            "per_shard": [{k: r.get(k) for k in keep} for r in self.records],
-            "speed": self.records[0].get("speed", self.speed),
-        }
-
-
-def _reference_evals(attacks: Mapping[str, Any]) -> int:
-    """Evaluations made so far by the distinct reference models of calibrated attacks."""
-    seen: dict[int, int] = {}
-    for a in attacks.values():
-        ref = getattr(a, "_reference_target", None)
-        if ref is not None:
-            seen[id(ref)] = int(getattr(ref, "unet_evals", 0))
-    return sum(seen.values())
