@@ -84,13 +84,13 @@ def fit_default_attacks(attacks: dict[str, Any], target: Any) -> tuple[dict[str,
             kept[name] = attack
         except AttackSetupError as e:
             dropped.append(f"{name} ({str(e).rstrip('.')})")
-    if not kept and getattr(target, "access", None) == "outputs":  # collected outputs, no model (audit.outputs)
+    if not kept and target.access == "outputs":  # collected outputs, no model (audit.outputs)
         from audit.outputs.statistics import OUTPUT_DEFAULTS
 
         return black_box_defaults(OUTPUT_DEFAULTS), ("Default statistics fitted to collected outputs: "
                                                      + ", ".join(OUTPUT_DEFAULTS) + " (no model); "
                                                      + OUTPUT_DEFAULTS[0] + " is the primary statistic.")
-    if not kept and getattr(target, "access", None) == "black":
+    if not kept and target.access == "black":
         return black_box_defaults(), ("Default attacks fitted to a black-box service: " + ", ".join(BLACK_BOX_DEFAULTS)
                                       + " (the model's own attacks need its weights); " + ", ".join(BLACK_BOX_DEFAULTS[:1])
                                       + " is the primary statistic.")
@@ -166,8 +166,7 @@ def choose_default_primary(cfg: DictConfig, plan: Any, attacks: dict[str, Any], 
 def conditioning_decision(target: Any) -> str:
     """One sentence for plan.json: how works and prompts are conditioned and why (``target.info.conditioning``,
     decided at load time from the options, the training metadata and the model's config)."""
-    info = getattr(target, "info", None)
-    chosen = getattr(info, "conditioning", None) or {}
+    chosen = target.conditioning or {}
     parts = []
     for key, c in chosen.items():
         if c.get("source") == "not applicable" and "not applied" not in str(c.get("reason", "")):
@@ -175,7 +174,7 @@ def conditioning_decision(target: Any) -> str:
         value = c.get("value")
         shown = "none" if value is None else value
         parts.append(f"{key} = {shown} ({c.get('source')}: {c.get('reason')})")
-    notes = list((getattr(info, "training_metadata", None) or {}).get("notes") or [])
+    notes = list((target.training_metadata or {}).get("notes") or [])
     if not parts and not notes:
         return ""
     out = "Target conditioning (scored as trained): " + "; ".join(parts) + "."

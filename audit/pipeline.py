@@ -64,7 +64,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     plan, attacks, decisions, target, evidence = prep.plan, prep.attacks, prep.decisions, prep.target, prep.evidence
     commitment, scenario_record, timings = prep.commitment, prep.scenario_record, prep.timings
     # a black-box service (audit.blackbox): budget printed before anything is sent; a dry run stops here
-    if hasattr(target, "begin_run") and not target.begin_run(evidence, attacks, seed=int(cfg.seed), out=out):
+    if not target.begin_run(evidence, attacks, seed=int(cfg.seed), out=out):
         return out
     plan_record = declare_plan(plan, out, decisions)
     if commitment is not None:
@@ -81,7 +81,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
 
     t0 = time.time()
     # a black-box target answers from its request log / response cache instead, so every run logs every answer
-    store_root = cfg.get("score_store") if getattr(target, "uses_score_store", True) else None
+    store_root = cfg.get("score_store") if target.uses_score_store else None
     store = None
     if store_root:
         store = ScoreStore(Path(str(store_root)), target.fingerprint, int(cfg.seed),
@@ -127,10 +127,10 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         "analysis_plan": plan_record,
     }
     scale.annotate(metadata)  # shards, their evaluations and the throughput settings
-    if hasattr(target, "run_summary"):  # a black-box service: requests sent, answered from the log, budget
-        metadata["blackbox"] = target.run_summary()
-    if hasattr(target, "finish_run"):  # collected outputs (audit.outputs): matches and exhibits, before the seal
-        metadata["outputs"] = target.finish_run(out, scores)
+    if (summary := target.run_summary()) is not None:  # a black-box service: requests sent, from the log, budget
+        metadata["blackbox"] = summary
+    if (finished := target.finish_run(out, scores)) is not None:  # collected outputs: matches, exhibits (pre-seal)
+        metadata["outputs"] = finished
     if cfg.get("reconstruction") and cfg.reconstruction.get("enabled", False):
         # reconstruction tests (issue 4): recon_* rows join the ScoreTable, figures + seeds go to <out>/reconstruction
         from audit.reconstruction import run_reconstruction

@@ -271,7 +271,7 @@ def prepare(cfg: DictConfig, *, load_target: Callable[[DictConfig], Any] | None 
     if commitment is not None:
         commit.check_target(commitment, target.fingerprint)
 
-    res = getattr(getattr(target, "info", None), "resolution", None)
+    res = target.info.resolution
     if isinstance(res, int) and not 8 <= res <= MAX_RESOLUTION:  # e.g. a config with sample_size=100000
         raise ValueError(f"the model scores works at {res} px, outside 8..{MAX_RESOLUTION}: check its config "
                          "(sample_size) or set target.resolution")

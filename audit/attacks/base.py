@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from audit.targets.base import Target
+from audit.targets.protocol import AuditTarget
 
 
 class AttackSetupError(ValueError):
@@ -103,6 +104,8 @@ class Attack(abc.ABC):
     families: ClassVar[tuple[str, ...] | None] = None
     #: one line saying why the unsupported ones are not (shown in the refusal)
     support_note: ClassVar[str] = ""
+    #: the service operations a black-box statistic is made of (audit.blackbox); () for every model attack
+    service_operations: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Every check_target starts with the support check, so no entry point can skip it.
@@ -117,27 +120,28 @@ class Attack(abc.ABC):
             check_target.__doc__ = own.__doc__
             cls.check_target = check_target  # type: ignore[method-assign]
 
-    def check_support(self, target: Target) -> None:
+    def check_support(self, target: AuditTarget) -> None:
         """Refuse, in one line, a target whose process or family the attack does not support."""
-        if (getattr(target, "access", None) == "outputs") != (getattr(self, "access", None) == "outputs"):
+        if (target.access == "outputs") != (self.access == "outputs"):
             # collected outputs (audit.outputs) have no model; the matching statistics need collected outputs
             raise AttackSetupError(f"{self.name} needs the model ({self.access}-box access); the outputs target has "
                                    "only collected outputs (use out_sift, out_orb, out_phash, out_ssim, out_tiled_l2, "
-                                   "out_style, out_embed)" if getattr(target, "access", None) == "outputs" else
+                                   "out_style, out_embed)" if target.access == "outputs" else
                                    f"{self.name} compares works with collected outputs; use target=outputs")
-        if getattr(target, "access", None) == "black" and not getattr(self, "service_operations", ()):
+        if target.access == "black" and not self.service_operations:
             # a hosted service (audit.blackbox): only attacks made of its operations can run
             raise AttackSetupError(f"{self.name} needs the model itself ({self.access}-box access); the "
-                                   f"{getattr(target, 'family', '')} target is a black-box service offering only "
-                                   f"{', '.join(getattr(target, 'operations', ()))} (use bb_variation, bb_img2img, bb_generate)")
-        kind = getattr(getattr(target, "process", None), "kind", "vp")
-        family = getattr(target, "family", "") or "this"
+                                   f"{target.family} target is a black-box service offering only "
+                                   f"{', '.join(target.operations)} (use bb_variation, bb_img2img, bb_generate)")
+        # a target without a diffusion process (the merge job's record) is checked as a VP model, as before
+        kind = target.process.kind if target.process is not None else "vp"
+        family = target.family or "this"
         why = f" ({self.support_note})" if self.support_note else ""
         if kind not in self.processes:
             wanted = " or ".join(PROCESS_NAMES.get(p, p) for p in self.processes)
             raise AttackSetupError(f"{self.name} supports {wanted} models; the {family} target is "
                                    f"{PROCESS_NAMES.get(kind, kind)}{why}")
-        if self.families is not None and getattr(target, "family", "") not in self.families:
+        if self.families is not None and target.family not in self.families:
             raise AttackSetupError(f"{self.name} supports the {', '.join(self.families)} families, not {family}{why}")
 
     def check_target(self, target: Target) -> None:

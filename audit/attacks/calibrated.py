@@ -111,7 +111,7 @@ class Calibrated(Attack):
                     "suspects, e.g. the base model of the fine-tune under audit"
                 )
             kwargs = dict(self.reference)
-            resolved = (getattr(getattr(target, "info", None), "conditioning", None) or {}) if target else {}
+            resolved = (target.conditioning or {}) if target is not None else {}
             for key in CONDITIONING_OPTIONS:  # what the user or the LoRA's metadata set (defaults are the model's own)
                 c = resolved.get(key) or {}
                 if kwargs.get(key) is None and c.get("value") is not None and c.get("source") in INHERITED:

@@ -94,7 +94,7 @@ class GSA(Attack):
 
     def check_target(self, target: Target) -> None:
         self._check_timesteps(target, self.timesteps)
-        unet = getattr(target, "denoiser", None)
+        unet = target.denoiser
         if not isinstance(unet, torch.nn.Module) or not any(True for _ in unet.parameters()):
             raise AttackSetupError(
                 "GSA needs white-box access: a target exposing its denoiser's parameters (target.denoiser)"

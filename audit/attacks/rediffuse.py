@@ -74,7 +74,7 @@ class ReDiffuse(Attack):
             raise AttackSetupError(f"rediffuse: n must be ≥ 1, got {self.n}")
         if self.space not in SPACES:
             raise AttackSetupError(f"rediffuse: space must be one of {SPACES}, got {self.space!r}")
-        if self.space == "pixel" and target.info.kind != "pixel" and not hasattr(target, "decode"):
+        if self.space == "pixel" and target.info.kind != "pixel" and not target.can_decode:
             raise AttackSetupError("rediffuse: space='pixel' on a latent target needs a decoder (target.decode)")
 
     def evaluations_per_image(self) -> int:

@@ -27,21 +27,20 @@ import torch
 from audit.attacks.base import Attack, AttackSetupError, Batch
 from audit.blackbox.images import decode_image, png_bytes, sha256, statistic
 from audit.blackbox.service import Request, request_seed
+from audit.targets.protocol import AuditTarget
 
 
-def backend_for(target: Any):
+def backend_for(target: AuditTarget):
     """The object that performs the operations: the HTTP target itself, or a local model's operations."""
-    if hasattr(target, "resolve_requests"):
+    if target.access == "black":  # the service target resolves its own requests (HttpTarget)
         return target
-    be = getattr(target, "_blackbox_backend", None)
-    if be is None:
+    if target.process is None:
+        raise AttackSetupError("black-box statistics need a service (target=http) or a local diffusion model")
+    if target.blackbox_backend is None:  # a model target (audit.targets.base.Target): made on first use, kept
         from audit.blackbox.target import LocalBackend
 
-        if getattr(target, "process", None) is None:
-            raise AttackSetupError("black-box statistics need a service (target=http) or a local diffusion model")
-        be = LocalBackend(target)
-        target._blackbox_backend = be
-    return be
+        target.blackbox_backend = LocalBackend(target)
+    return target.blackbox_backend
 
 
 @dataclass
@@ -67,8 +66,8 @@ class BlackBoxAttack(Attack):
             raise AttackSetupError(f"{self.name}: n must be a positive integer, got {self.n!r}")
         if isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
             raise AttackSetupError(f"{self.name}: tiles must be a positive integer, got {self.tiles!r}")
-        ops = getattr(target, "operations", None)
-        if ops is not None:
+        if target.access == "black":  # a service offers what target.operations configures; a model performs any
+            ops = target.operations
             missing = [o for o in self.service_operations if o not in ops]
             if missing:
                 raise AttackSetupError(f"{self.name} needs the service operation(s) {', '.join(missing)}, which "
@@ -100,8 +99,9 @@ class BlackBoxAttack(Attack):
             if int(ref.info.resolution) != int(target.info.resolution):
                 raise AttackSetupError(f"{self.name}: the reference model works at {ref.info.resolution} px, the target "
                                        f"at {target.info.resolution} px")
-            steps = {op: v.get("steps") for op, v in getattr(target, "request_defaults", {}).items() if v.get("steps")}
-            self._reference_backend = LocalBackend(ref, steps=steps, request_log=getattr(target, "request_log", None),
+            be = backend_for(target)
+            steps = {op: v.get("steps") for op, v in be.request_defaults.items() if v.get("steps")}
+            self._reference_backend = LocalBackend(ref, steps=steps, request_log=be.request_log,
                                                    label="local_reference")
         return self._reference_backend
 
@@ -124,7 +124,7 @@ class BlackBoxAttack(Attack):
         if ref_backend is not None:
             ref_plans = self.plan_requests(ref_backend, batch.image_ids, pngs, batch.captions, seed)
             ref_answers = ref_backend.resolve_requests([q for g in ref_plans for q in g])
-        name = target.attack_name(self) if hasattr(target, "attack_name") else self.name
+        name = target.attack_name(self)
         scores = []
         for i, (iid, group) in enumerate(zip(batch.image_ids, plans)):
             keys = [q.key(backend.service_id) for q in group]
@@ -159,7 +159,7 @@ class BBVariation(BlackBoxAttack):
             raise AttackSetupError(f"{self.name}: strength must be in (0, 1], got {self.strength}")
 
     def plan_requests(self, backend, image_ids, pngs, captions, seed):
-        extra = dict(getattr(backend, "request_defaults", {}).get("img2img", {}))
+        extra = dict(backend.request_defaults.get("img2img", {}))
         out = []
         for iid, png, cap in zip(image_ids, pngs, captions):
             prompt = self.prompt.format(caption=cap) if self.prompt is not None else ""
@@ -195,7 +195,7 @@ class BBGenerate(BlackBoxAttack):
         return float(self.n)  # an upper bound: works with one prompt share their generations
 
     def plan_requests(self, backend, image_ids, pngs, captions, seed):
-        extra = dict(getattr(backend, "request_defaults", {}).get("text2image", {}))
+        extra = dict(backend.request_defaults.get("text2image", {}))
         out = []
         for cap in captions:
             prompt = self.prompt.format(caption=cap)

@@ -35,6 +35,7 @@ from audit.blackbox.images import decode_image
 from audit.blackbox.log import BUDGET, SERVICE, ReplayLog, RequestLog, ResponseCache, utc
 from audit.blackbox.service import HttpClient, LocalService, Operation, Request, check_base_url
 from audit.targets.base import TargetInfo
+from audit.targets.protocol import AuditTarget
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class _Backend:
 
     service_id: str = ""
     request_defaults: dict[str, dict[str, Any]] = {}
+    #: where requests and answers are recorded as evidence (None: not recorded)
+    request_log: RequestLog | None = None
 
     def resolve_requests(self, requests: Sequence[Request]) -> dict[str, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
@@ -71,7 +74,7 @@ class LocalBackend(_Backend):
         self.request_defaults = {"img2img": {"steps": 100}, "text2image": {"steps": 50}}
         for op, s in (steps or {}).items():
             self.request_defaults[op] = {"steps": int(s)}
-        self.log = request_log
+        self.request_log = request_log
         self.label = label
         self.resolution = self.service.resolution
 
@@ -93,18 +96,21 @@ class LocalBackend(_Backend):
             t0 = time.time()
             arr = self.perform(req)
             out[key] = arr
-            if self.log is not None:  # a local reference model's answers are evidence too
-                sent = self.log.image(req.image) if req.image is not None else None
-                got = self.log.image(png_bytes(arr))
-                self.log.append({"request_sha256": key, "service": self.service_id, "source": self.label,
+            if self.request_log is not None:  # a local reference model's answers are evidence too
+                sent = self.request_log.image(req.image) if req.image is not None else None
+                got = self.request_log.image(png_bytes(arr))
+                self.request_log.append({"request_sha256": key, "service": self.service_id, "source": self.label,
                                  "operation": req.operation, "params": dict(req.params), "sent_sha256": sent,
                                  "started_utc": utc(t0), "finished_utc": utc(time.time()),
                                  "response": {"status": None, "received_sha256": got, "content_type": "image/png"}})
         return out
 
 
-class HttpTarget(_Backend):
-    """A hosted generator reached over HTTP(S); see the module docstring and ``configs/target/http.yaml``."""
+class HttpTarget(_Backend, AuditTarget):
+    """A hosted generator reached over HTTP(S); see the module docstring and ``configs/target/http.yaml``.
+
+    An :class:`~audit.targets.protocol.AuditTarget` with ``access = "black"``: the run hooks (budget, request log,
+    summary) and ``operations``; no diffusion process, no decoder."""
 
     family = "http"
     access = "black"

@@ -44,7 +44,7 @@ class OutputStatistic(Attack):
     evidence_kind: ClassVar[str] = "direct"
 
     def check_target(self, target: Any) -> None:
-        if getattr(target, "access", None) != "outputs":
+        if target.access != "outputs":
             raise AttackSetupError(f"{self.name} compares works with collected outputs; use target=outputs "
                                    "(target.outputs=<manifest or folder>)")
 

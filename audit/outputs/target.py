@@ -27,6 +27,7 @@ import torch
 from audit.outputs import matching as mt
 from audit.outputs.collection import OutputsConfigError, load_image_rgb, read_outputs
 from audit.targets.base import TargetInfo
+from audit.targets.protocol import AuditTarget
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,11 @@ MATCHES_JSON = "matches.json"
 _NO_NETWORK = torch.nn.Module()
 
 
-class OutputsTarget:
-    """Collected outputs as the target of an audit; see the module docstring and ``configs/target/outputs.yaml``."""
+class OutputsTarget(AuditTarget):
+    """Collected outputs as the target of an audit; see the module docstring and ``configs/target/outputs.yaml``.
+
+    An :class:`~audit.targets.protocol.AuditTarget` with ``access = "outputs"``: the run hooks (the outputs'
+    record, matches and exhibits); no diffusion process, no decoder, no operations."""
 
     family = "outputs"
     access = "outputs"

@@ -15,6 +15,7 @@ import torch
 
 from audit.diffusion.base import DiffusionProcess, make_process
 from audit.diffusion.vp import VariancePreserving
+from audit.targets.protocol import AuditTarget
 
 
 @dataclass(frozen=True)
@@ -59,20 +60,29 @@ class TargetInfo:
         }
 
 
-class Target(abc.ABC):
-    """A diffusion model under audit, seen through its components.
+class Target(AuditTarget):
+    """A diffusion model under audit, seen through its components (an :class:`~audit.targets.protocol.AuditTarget`
+    with ``access = "white"``).
 
     Subclasses (one file per model family, see :mod:`audit.targets.families`) implement :meth:`encode`,
-    :meth:`encode_text` and :meth:`_model_output` and expose the denoiser as :attr:`denoiser`;
-    everything else (noising, ε̂ conversion, deterministic steps, evaluation counting) comes from the
-    target's :attr:`process` (:mod:`audit.diffusion`), read from the model's own scheduler config.
+    :meth:`encode_text` and :meth:`_model_output` and expose the denoiser as :attr:`denoiser`; latent families
+    also :meth:`decode` (with ``can_decode = True``). Everything else (noising, ε̂ conversion, deterministic steps,
+    evaluation counting) comes from the target's :attr:`process` (:mod:`audit.diffusion`), read from the model's
+    own scheduler config.
     """
 
     info: TargetInfo
+    access = "white"
     #: prompts are put into this template before encoding (``{caption}``; None = the caption as it is)
     caption_template: str | None = None
     #: registry name of the model family ("pixel", "sd", "sdxl", "sd3", "flux", "pixart")
     family: str = ""
+    #: the loaded pipeline (latent pipeline families) and the VAE (latent families); None where there is none
+    pipe: Any = None
+    vae: Any = None
+    #: the service operations performed on this model (:class:`audit.blackbox.target.LocalBackend`), made on first
+    #: use by the black-box statistics
+    blackbox_backend: Any = None
 
     def __init__(self, scheduler: Any, device: torch.device, dtype: torch.dtype,
                  process: DiffusionProcess | None = None) -> None:
@@ -120,6 +130,14 @@ class Target(abc.ABC):
     @property
     def fingerprint(self) -> str:
         return self.info.fingerprint
+
+    @property
+    def conditioning(self) -> dict[str, Any]:
+        return self.info.conditioning
+
+    @property
+    def training_metadata(self) -> dict[str, Any]:
+        return self.info.training_metadata
 
     def alpha_bar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """ᾱ_t broadcast to ``like``'s shape (variance-preserving models only); t < 0 → 1."""

@@ -50,11 +50,10 @@ def apply_memory_options(target: Any, mode: str, vae_slicing: bool, vae_tiling: 
     applied: dict[str, Any] = {}
     if mode == "none" and not vae_slicing and not vae_tiling:
         return applied
-    pipe = getattr(target, "pipe", None)
-    vae = getattr(target, "vae", None)
+    pipe, vae = target.pipe, target.vae  # declared on every model target (None where the family has none)
     if pipe is None or vae is None:
         raise ValueError(f"target.offload / vae_slicing / vae_tiling apply to latent pipeline families; the "
-                         f"{getattr(target, 'family', '') or 'this'} target is a single pixel-space network: "
+                         f"{target.family or 'this'} target is a single pixel-space network: "
                          "leave them at none / false")
     if vae_slicing:
         vae.enable_slicing()

@@ -46,6 +46,7 @@ class LatentTarget(Target):
     """
 
     family = "sd"
+    can_decode = True
 
     def __init__(
         self,

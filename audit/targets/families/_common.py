@@ -22,6 +22,8 @@ def vae_scale_factor(vae: Any) -> int:
 class PipelineTarget(Target):
     """A latent text-to-image model: VAE + text encoder(s) + a denoiser (UNet or transformer)."""
 
+    can_decode = True
+
     def __init__(self, pipe: Any, denoiser_name: str, info: TargetInfo, device: torch.device, dtype: torch.dtype,
                  process: DiffusionProcess | None = None) -> None:
         super().__init__(pipe.scheduler, device, dtype, process)
