@@ -2,21 +2,20 @@
 
 :func:`prepare` is shared by ``audit-run`` (:func:`audit.pipeline.run_audit`) and ``audit-plan``
 (:func:`audit.cli.commit_plan`), so the plan a commitment fixes is the plan the run scores with, decided by the
-same code. In order, each failing in one line before the next starts: the config's plain values
-(:func:`check_config`: allowlisted ``_target_`` only, no credential, runtime, seed, report names) → the plan's
-values → the scenario (the demo builds its model once) → the manifest (columns, roles, files) and the attack
-list, the plan's names checked against both → a committed plan's evidence → the model → the evidence decoded and
-validated → the plan completed from the accepted works (strata, LoRA calibration, default attacks and primary
-statistic) → a committed plan's plan and model.
+same code. In order, each failing in one line before the next starts: the config (:func:`check_config`: allowlisted
+``_target_`` only, no credential, every plain value against its one declaration in :mod:`audit.schema` — runtime,
+seed, data, report, the plan's values —, a CUDA device, the expert file) → the scenario (the demo builds its model
+once) → the manifest (columns, roles, files) and the attack list, the plan's names checked against both → a
+committed plan's evidence → the model → the evidence decoded and validated → the plan completed from the accepted
+works (strata, LoRA calibration, default attacks and primary statistic) → a committed plan's plan and model.
 
-This module imports only lower layers (data, stats, defaults, commitment's checks, safety), never the pipeline or
-the command line.
+This module imports only lower layers (data, stats, defaults, commitment's checks, safety, schema), never the
+pipeline or the command line.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,19 +76,19 @@ def load_evidence_from_config(data_cfg: DictConfig, resolution: int, progress: b
                          progress=progress, check_near_duplicates=True)
 
 
-_DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
-
-
 def validate_config(cfg: DictConfig) -> None:
-    """Check the plain values of a run's config before anything is built or loaded (one-line ValueErrors):
-    only the project's classes instantiable, no credential in the config, runtime values, seed, evidence limits
-    and the report's formats and file names (:mod:`audit.safety`)."""
-    from audit import safety
+    """Check a run's config before anything is built or loaded (one-line errors): only the project's classes
+    instantiable and no credential in the config (:mod:`audit.safety`), then every plain value against its one
+    declaration (:func:`audit.schema.check`: runtime, seed, data limits, report names and language, the plan's
+    and the reconstruction's values), then what needs this machine or a file: a CUDA device, the expert file."""
+    from audit import safety, schema
 
     safety.check_instantiable(cfg)
     safety.check_no_secrets(cfg)
-    if cfg.get("report") is not None:
-        safety.check_report_names(cfg.report)
+    schema.check(cfg)
+    device = str(cfg.runtime.get("device", "cpu")) if cfg.get("runtime") is not None else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"runtime.device={device} but CUDA is not available on this machine")
     if cfg.get("expert") is not None:  # the expert file is read and checked now, not after scoring (issue 22)
         from omegaconf import OmegaConf
 
@@ -97,29 +96,6 @@ def validate_config(cfg: DictConfig) -> None:
 
         load_expert({"expert": OmegaConf.to_container(cfg.expert, resolve=True),
                      "report": OmegaConf.to_container(cfg.report, resolve=True) if cfg.get("report") else {}})
-    data = cfg.get("data")
-    if data is not None:
-        mp = data.get("max_pixels", 100_000_000)
-        if isinstance(mp, bool) or not isinstance(mp, int) or mp < 1:
-            raise ValueError(f"data.max_pixels must be a positive integer (width × height), got {mp!r}")
-    rt = cfg.runtime
-    bs = rt.get("batch_size")
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise ValueError(f"runtime.batch_size must be a positive integer, got {bs!r}")
-    dtype = str(rt.get("dtype", "float32"))
-    if dtype not in _DTYPES:
-        raise ValueError(f"runtime.dtype must be one of float32, float16, bfloat16, got {dtype!r}")
-    device = str(rt.get("device", "cpu"))
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-        raise ValueError(f"runtime.device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"runtime.device={device} but CUDA is not available on this machine")
-    threads = rt.get("num_threads")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"runtime.num_threads must be null or a positive integer, got {threads!r}")
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-        raise ValueError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
 
 
 def check_plan_names(cfg: DictConfig, plan: Any, attacks: dict[str, Attack]) -> None:

@@ -6,9 +6,11 @@
   block list stops only a few names).
 * :func:`check_no_secrets` — a credential is never written: not in a header, not in a URL, not as the *value* of
   ``api_key_env`` (which names an environment variable). Run before the config is written anywhere.
-* :func:`check_report_names` — report file names are plain names that cannot overwrite the run's records.
+* :func:`check_report_names` — report file names are plain names that cannot overwrite the run's records (declared
+  with the other report keys in :class:`audit.schema.ReportSchema`).
 
-Each raises :class:`ConfigRefused` (a ``ValueError``: one line, exit status 2 on the command line).
+Each raises :class:`ConfigRefused` (defined in :mod:`audit.schema`; a ``ValueError``: one line, exit status 2 on the
+command line).
 """
 from __future__ import annotations
 
@@ -17,13 +19,10 @@ import re
 from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
-from audit.errors import UserError
+from audit.schema import RECORD_NAMES, REPORT_FORMATS, ConfigRefused, check_section
 
-__all__ = ["ConfigRefused", "check_instantiable", "check_no_secrets", "check_report_names", "RECORD_NAMES"]
-
-
-class ConfigRefused(UserError):
-    """A config value refused before anything runs (one line)."""
+__all__ = ["ConfigRefused", "check_instantiable", "check_no_secrets", "check_report_names", "RECORD_NAMES",
+           "REPORT_FORMATS"]
 
 
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -133,35 +132,8 @@ def check_no_secrets(cfg: Any) -> None:
                                     "variable in target.api_key_env instead")
 
 
-#: files a run writes besides the report; a report file name can never be one of these
-RECORD_NAMES = frozenset({"scores.parquet", "images.parquet", "features.parquet", "plan.json", "rejected.json",
-                          "run.json", "config.yaml", "analysis.json", "checksums.json", "checksums.json.sig",
-                          "COMPLETE", "regenerated.json", "committed_plan.json", "evidence_inventory.csv",
-                          "reconstruction.html"})
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}")
-REPORT_FORMATS = ("html", "pdf")
-
-
 def check_report_names(report_cfg: Any) -> None:
     """``report.formats`` ⊆ {html, pdf}; ``report.filename`` / ``report.pdf_filename`` plain file names in the
-    results folder (no ``/``, no ``..``), ending in .html / .pdf, different from each other and from every record."""
-    rep = _plain(report_cfg)
-    if not isinstance(rep, dict) or not rep.get("enabled", True):
-        return
-    formats = rep.get("formats", list(REPORT_FORMATS))
-    if not isinstance(formats, (list, tuple)) or not formats or any(f not in REPORT_FORMATS for f in formats):
-        raise ConfigRefused(f"report.formats must be a non-empty list of {list(REPORT_FORMATS)}, got {formats!r}")
-    names = {}
-    for key, suffix in (("filename", ".html"), ("pdf_filename", ".pdf")):
-        name = rep.get(key, f"report{suffix}")
-        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name or not name.endswith(suffix) \
-                or name in RECORD_NAMES:
-            raise ConfigRefused(f"report.{key} must be a plain file name ending in {suffix} that is not one of the "
-                                f"run's records, got {name!r}")
-        names[key] = name
-    if names["filename"] == names["pdf_filename"]:
-        raise ConfigRefused("report.filename and report.pdf_filename must differ")
-    from audit.report.i18n import check_jurisdiction, check_language
-
-    check_language(rep.get("language"))  # en | zh | en+zh (issue 22)
-    check_jurisdiction(rep.get("jurisdiction"))  # neutral | us_federal | prc_civil
+    results folder (no ``/``, no ``..``), ending in .html / .pdf, different from each other and from every record
+    (:data:`RECORD_NAMES`); language and jurisdiction — as declared in :class:`audit.schema.ReportSchema`."""
+    check_section("report", report_cfg)

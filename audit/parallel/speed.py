@@ -23,21 +23,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_ATTENTION = ("auto", "sdpa", "eager")
-_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
 
 def validate_speed_config(rt: Any) -> None:
-    """One-line ValueErrors for the throughput keys of ``runtime``."""
-    att = rt.get("attention", "auto")
-    if att not in _ATTENTION:
-        raise ValueError(f"runtime.attention must be one of {', '.join(_ATTENTION)}, got {att!r}")
-    cl = rt.get("channels_last", False)
-    if not isinstance(cl, bool):
-        raise ValueError(f"runtime.channels_last must be true or false, got {cl!r}")
-    comp = rt.get("compile", False)
-    if not (isinstance(comp, bool) or comp in _COMPILE_MODES):
-        raise ValueError(f"runtime.compile must be false, true or one of {', '.join(_COMPILE_MODES)}, got {comp!r}")
+    """One-line errors for the throughput keys of ``runtime`` (attention, channels_last, compile), as declared in
+    :class:`audit.schema.RuntimeSchema`."""
+    from audit.schema import check_section
+
+    check_section("runtime", rt, only=("attention", "channels_last", "compile"))
 
 
 def apply_speed_settings(target: Any, rt: Any) -> dict[str, Any]:
