@@ -120,11 +120,18 @@ def _package_version() -> str:
 _SCORING_CODE = ("attacks", "targets", "diffusion", "types.py", "data/images.py", "store.py")
 
 
-def code_fingerprint() -> str:
-    """SHA-256 (16 hex) of the scoring code's source files: a score computed by other code is never reused."""
+#: Source that decides what a reconstruction statistic is (audit.reconstruction.store): the scoring code and the
+#: reconstruction modules that compute statistics (not its figures or report fragment).
+RECONSTRUCTION_CODE = _SCORING_CODE + tuple(f"reconstruction/{m}.py" for m in (
+    "config", "embedding", "extract", "inpaint", "metrics", "runner", "sampling", "store"))
+
+
+def code_fingerprint(parts: tuple[str, ...] = _SCORING_CODE) -> str:
+    """SHA-256 (16 hex) of the scoring code's source files: a score computed by other code is never reused.
+    ``parts``: files and folders under ``audit/`` (default: the attacks' scoring code)."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for part in _SCORING_CODE:
+    for part in parts:
         p = root / part
         for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
             if f.is_file():

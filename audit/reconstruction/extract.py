@@ -28,7 +28,7 @@ VAE / latent space (a LoRA or a denoiser fine-tune does).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -163,20 +163,36 @@ class ExtractionResult:
     stats: dict[str, np.ndarray]  # statistic -> per-work score (evidence order), higher = more member-like
     per_work: list[dict[str, Any]]
     groups: list[dict[str, Any]]
-    samples: dict[int, torch.Tensor]  # group index -> uint8 samples (for figures)
+    samples: dict[int, torch.Tensor]  # group index -> uint8 samples (for figures; the groups computed in this call)
     target_evals: int
     base_evals: int
+    hashes: dict[str, str] = field(default_factory=dict)  # statistic -> ScoreTable parameter hash
+    store_keys: dict[str, list[str]] = field(default_factory=dict)  # statistic -> each work's store-key hash
 
 
 def _prompt(template: str, rec: Any) -> str:
     return template.format(caption=rec.caption, artist=rec.artist)
 
 
+def table_hashes(s: ExtractionSettings, base: Target) -> dict[str, str]:
+    """The ScoreTable parameter hash of each extraction statistic (settings + the base's fingerprint)."""
+    from audit.types import params_hash
+
+    params = {**s.__dict__, "base": base.fingerprint}
+    return {name: params_hash({"statistic": name, **params}) for name in STATISTICS}
+
+
 def extract(target: Target, base: Target, evidence: Any, s: ExtractionSettings, *, seed: int = 0,
-            progress: bool = False) -> ExtractionResult:
-    """Run model-guided extraction for every work of ``evidence`` (suspects, controls, members, non-members alike)."""
+            progress: bool = False, rs: Any = None) -> ExtractionResult:
+    """Run model-guided extraction for every work of ``evidence`` (suspects, controls, members, non-members alike).
+
+    ``rs``: a :class:`audit.reconstruction.store.ReconStore`; a caption's pool of guided samples is drawn only
+    when one of its works (or the pool's clusters) is not stored (the unit: one caption group, see that module)."""
     from tqdm.auto import tqdm
 
+    from audit.reconstruction.store import EXTRACT_SEEDS, ReconStore, pool_id, store_hash
+
+    rs = rs if rs is not None else ReconStore(None)
     check_pair(target, base)
     recs = evidence.records
     n = len(recs)
@@ -184,6 +200,8 @@ def extract(target: Target, base: Target, evidence: Any, s: ExtractionSettings, 
     for i, r in enumerate(recs):
         groups.setdefault(_prompt(s.prompt, r) if target.conditional else None, []).append(i)
     t0, b0 = target.unet_evals, base.unet_evals
+    hashes = table_hashes(s, base)
+    keys: dict[str, list[str]] = {name: [""] * n for name in STATISTICS}
     d_any = np.zeros(n)
     d_cluster = np.zeros(n)
     per_work: list[dict[str, Any]] = [{} for _ in range(n)]
@@ -191,28 +209,72 @@ def extract(target: Target, base: Target, evidence: Any, s: ExtractionSettings, 
     bar = tqdm(total=len(groups) * s.n, desc="reconstruction: extract", unit="img", disable=not progress)
     for gi, (prompt, idxs) in enumerate(groups.items()):
         seeds = extraction_seeds(seed, prompt, s.n)
-        gens = guided_samples(target, base, prompt, seeds, s)
-        bar.update(len(seeds))
-        G = to_unit(gens).to(target.device)
-        clusters = cluster_medoids(G, s.cluster_threshold, s.tiles, s.top_clusters)
-        medoids = [c["medoid"] for c in clusters]
-        A = to_unit(evidence.pixels[idxs]).to(target.device)
-        D = tiled_l2_pairwise(A, G, s.tiles).cpu().numpy()  # [a, n]
-        for a, i in enumerate(idxs):
-            j_any = int(np.argmin(D[a]))
-            j_med = min(medoids, key=lambda m: (D[a, m], m))
-            d_any[i], d_cluster[i] = float(D[a, j_any]), float(D[a, j_med])
+        h = {name: store_hash(hashes[name], {"seeds": EXTRACT_SEEDS}, prompt if target.conditional else None)
+             for name in STATISTICS}
+        hd = h["recon_extract_cluster"]
+        pid = pool_id(prompt)
+        per = ("nearest_sample", "nearest_medoid", "cluster_size")
+
+        def work_keys(i: int) -> list[tuple[str, str, str]]:
+            iid = recs[i].image_id
+            return [(iid, name, h[name]) for name in STATISTICS] + [(iid, f"recon_extract/{v}", hd) for v in per]
+
+        def pool_done() -> bool:
+            if not rs.has([(pid, "recon_extract/n_clusters", hd)]):
+                return False
+            k = int(rs.get(pid, "recon_extract/n_clusters", hd))
+            return rs.has([(pid, f"recon_extract/cluster{c}/{v}", hd) for c in range(k) for v in ("size", "medoid")])
+
+        need = [i for i in idxs if not rs.has(work_keys(i))]
+        if need or not pool_done():
+            gens = guided_samples(target, base, prompt, seeds, s)
+            bar.update(len(seeds))
+            G = to_unit(gens).to(target.device)
+            clusters = cluster_medoids(G, s.cluster_threshold, s.tiles, s.top_clusters)
+            rows: list[tuple[str, str, str, float]] = [(pid, "recon_extract/n_clusters", hd, float(len(clusters)))]
+            for c, cl in enumerate(clusters):
+                rows += [(pid, f"recon_extract/cluster{c}/size", hd, float(cl["size"])),
+                         (pid, f"recon_extract/cluster{c}/medoid", hd, float(cl["medoid"]))]
+            if need:
+                medoids = [c["medoid"] for c in clusters]
+                A = to_unit(evidence.pixels[need]).to(target.device)
+                D = tiled_l2_pairwise(A, G, s.tiles).cpu().numpy()  # [a, n]; each row depends on its work only
+                for a, i in enumerate(need):
+                    iid = recs[i].image_id
+                    j_any = int(np.argmin(D[a]))
+                    j_med = min(medoids, key=lambda m: (D[a, m], m))
+                    size = next(c["size"] for c in clusters if c["medoid"] == j_med)
+                    rows += [(iid, "recon_extract_tiled_l2", h["recon_extract_tiled_l2"], -float(D[a, j_any])),
+                             (iid, "recon_extract_cluster", h["recon_extract_cluster"], -float(D[a, j_med])),
+                             (iid, "recon_extract/nearest_sample", hd, float(j_any)),
+                             (iid, "recon_extract/nearest_medoid", hd, float(j_med)),
+                             (iid, "recon_extract/cluster_size", hd, float(size))]
+            rs.add(rows)  # the caption group's unit
+            samples[gi] = gens
+        else:
+            rs.units_reused += 1
+        k = int(rs.get(pid, "recon_extract/n_clusters", hd))
+        clusters = [{"size": int(rs.get(pid, f"recon_extract/cluster{c}/size", hd)),
+                     "medoid": int(rs.get(pid, f"recon_extract/cluster{c}/medoid", hd))} for c in range(k)]
+        for i in idxs:
+            iid = recs[i].image_id
+            for name in STATISTICS:
+                keys[name][i] = h[name]
+            d_any[i] = -rs.get(iid, "recon_extract_tiled_l2", h["recon_extract_tiled_l2"])
+            d_cluster[i] = -rs.get(iid, "recon_extract_cluster", h["recon_extract_cluster"])
+            j_any = int(rs.get(iid, "recon_extract/nearest_sample", hd))
+            j_med = int(rs.get(iid, "recon_extract/nearest_medoid", hd))
             per_work[i] = {"group": gi, "nearest_sample": j_any, "nearest_sample_seed": int(seeds[j_any]),
-                           "tiled_l2_nearest_sample": d_any[i], "nearest_medoid": int(j_med),
+                           "tiled_l2_nearest_sample": d_any[i], "nearest_medoid": j_med,
                            "nearest_medoid_seed": int(seeds[j_med]), "tiled_l2_nearest_medoid": d_cluster[i],
-                           "cluster_size": next(c["size"] for c in clusters if c["medoid"] == j_med)}
+                           "cluster_size": int(rs.get(iid, "recon_extract/cluster_size", hd))}
         out_groups.append({"index": gi, "prompt": prompt, "n_works": len(idxs), "seeds": seeds,
                            "clusters": [{"size": c["size"], "medoid": c["medoid"], "medoid_seed": int(seeds[c["medoid"]])}
                                         for c in clusters]})
-        samples[gi] = gens
     bar.close()
     stats = {"recon_extract_tiled_l2": -d_any, "recon_extract_cluster": -d_cluster}
-    return ExtractionResult(stats, per_work, out_groups, samples, target.unet_evals - t0, base.unet_evals - b0)
+    return ExtractionResult(stats, per_work, out_groups, samples, target.unet_evals - t0, base.unet_evals - b0,
+                            hashes, keys)
 
 
 def evidence_rows(result: ExtractionResult, evidence: Any, order: Sequence[int], top_k: int = 3) -> list[EvidenceRow]:
@@ -270,10 +332,35 @@ class ExtractionStep:
     result: ExtractionResult
     record: dict[str, Any]
     figures: int
+    target: Any = None
+    base: Any = None
+    settings: ExtractionSettings | None = None
+    figure_evals: int = 0  # target evaluations regenerating the samples of stored groups for the grid
+    figure_base_evals: int = 0
 
     @property
     def base_evals(self) -> int:
-        return self.result.base_evals
+        return self.result.base_evals + self.figure_base_evals
+
+    def _samples_for(self, ev: Any, order: Sequence[int]) -> None:
+        """The shown groups' samples where their statistics came from the store: the batches of the recorded seeds
+        that hold the groups' medoids, each drawn exactly as the audit drew it (the rest of the pool stays zero)."""
+        s = self.settings
+        groups = sorted({self.result.per_work[i]["group"] for i in order} - set(self.result.samples))
+        if not groups or s is None:
+            return
+        t0, b0 = self.target.unet_evals, self.base.unet_evals
+        res = int(self.target.info.resolution)
+        for gi in groups:
+            grp = self.result.groups[gi]
+            seeds = grp["seeds"]
+            pool = torch.zeros(len(seeds), 3, res, res, dtype=torch.uint8)
+            for chunk in sorted({c["medoid"] // s.batch_size for c in grp["clusters"]}):
+                lo, hi = chunk * s.batch_size, min(chunk * s.batch_size + s.batch_size, len(seeds))
+                pool[lo:hi] = guided_samples(self.target, self.base, grp["prompt"], seeds[lo:hi], s)
+            self.result.samples[gi] = pool
+        self.figure_evals += self.target.unet_evals - t0
+        self.figure_base_evals += self.base.unet_evals - b0
 
     def write(self, out: Any, ev: Any, stats: dict[str, np.ndarray], roles: np.ndarray) -> list[str]:
         """``extract_grid.png``: the most member-like works of the figure roles, then the two controls closest to
@@ -284,28 +371,29 @@ class ExtractionStep:
         order = works[: self.figures] + ctrl[:2]
         if not order or self.figures <= 0:
             return []
+        self._samples_for(ev, order)
         (out / EXTRACT_GRID).write_bytes(grid(self.result, ev, order))
         self.record["grid"] = EXTRACT_GRID
+        self.record["grid_unet_evaluations"] = {"target": self.figure_evals, "base": self.figure_base_evals}
         return [EXTRACT_GRID]
 
 
 def reconstruction_step(target: Target, ev: Any, cfg: Any, seed: int, progress: bool,
-                        stats: dict[str, np.ndarray], hashes: dict[str, str], per_art: list[dict[str, Any]]
-                        ) -> ExtractionStep:
+                        stats: dict[str, np.ndarray], hashes: dict[str, str], per_art: list[dict[str, Any]],
+                        rs: Any = None, skeys: dict[str, list[str]] | None = None) -> ExtractionStep:
     """Model-guided extraction inside :func:`audit.reconstruction.run_reconstruction`: adds its statistics, their
-    parameter hashes and each work's nearest extracted image to the reconstruction record."""
-    from audit.types import params_hash
-
+    parameter hashes (and store keys) and each work's nearest extracted image to the reconstruction record."""
     c = cfg.extract
     settings = ExtractionSettings(n=c.n, steps=c.steps, model_guidance=c.model_guidance, text_guidance=c.text_guidance,
                                   cluster_threshold=c.cluster_threshold, top_clusters=c.top_clusters, tiles=c.tiles,
                                   batch_size=cfg.batch_size, prompt=c.prompt)
     base = base_for(target, c.base)
-    result = extract(target, base, ev, settings, seed=seed, progress=progress)
-    params = {**settings.__dict__, "base": base.fingerprint}
+    result = extract(target, base, ev, settings, seed=seed, progress=progress, rs=rs)
     for name, values in result.stats.items():
         stats[name] = values
-        hashes[name] = params_hash({"statistic": name, **params})
+        hashes[name] = result.hashes[name]
+        if skeys is not None:
+            skeys[name] = result.store_keys[name]
     for i, w in enumerate(result.per_work):
         per_art[i]["extract"] = w
     record = {"method": "model-guided extraction (FineXtract's idea, Wu et al. ICML 2025), written from the paper",
@@ -314,4 +402,4 @@ def reconstruction_step(target: Target, ev: Any, cfg: Any, seed: int, progress: 
               "target_unet_evaluations": result.target_evals, "base_unet_evaluations": result.base_evals,
               "evaluations_per_caption": settings.n * settings.steps * (1 + (settings.model_guidance != 1.0)
                                                                        + (settings.text_guidance > 0))}
-    return ExtractionStep(result, record, int(c.figures))
+    return ExtractionStep(result, record, int(c.figures), target, base, settings)
