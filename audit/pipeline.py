@@ -137,10 +137,24 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         from audit.types import ScoreTable
 
         t0 = time.time()
+        # through the score store like the attack scores (audit.reconstruction.store): a resumed or extended run
+        # computes only the works whose statistics are not stored; other denoiser settings are kept apart
+        recon_store = store
+        settings = scale.store_settings() if hasattr(scale, "store_settings") else ""
+        if recon_store is not None and settings:
+            from dataclasses import replace
+
+            recon_store = replace(recon_store, settings=settings)
         recon = run_reconstruction(target, evidence, cfg.reconstruction, out / "reconstruction", seed=int(cfg.seed),
-                                   progress=progress)
+                                   progress=progress, store=recon_store)
         scores = ScoreTable.concat([scores, recon.scores])
         metadata["reconstruction"] = recon.metadata()
+        # recon_* rows in score_provenance like the attacks' (computed here or reused, when, under which plan)
+        prov, rprov = metadata["score_provenance"], recon.provenance
+        prov["attacks"] = {**prov.get("attacks", {}), **rprov.get("attacks", {})}
+        prov["integrity_failed"] = int(prov.get("integrity_failed", 0)) + int(rprov.get("integrity_failed", 0))
+        prov["integrity_failures"] = (list(prov.get("integrity_failures", [])) +
+                                      list(rprov.get("integrity_failures", [])))[:20]
         timings["reconstruction_s"] = time.time() - t0
     metadata["timings"] = dict(timings)
     run = io.RunData(

@@ -197,3 +197,37 @@ def test_extraction_through_the_store(untrained_ddpm, evidence, tmp_path):
     assert a.record["extraction"]["groups"] == b.record["extraction"]["groups"]
     assert (a.out_dir / "extract_grid.png").read_bytes() == (b.out_dir / "extract_grid.png").read_bytes()
     assert all(p["reused"] == len(evidence) for p in b.provenance["attacks"].values())
+
+
+@pytest.mark.slow  # two whole audits with reports (~35 s on one thread)
+def test_audit_rerun_reuses_reconstruction_scores_with_provenance(untrained_ddpm, tmp_path, monkeypatch):
+    """`audit-run ... reconstruction=screen score_store=...` twice: the second run evaluates the denoiser only for
+    the figures, its scores.parquet is the first's, and run.json's score_provenance lists the recon_* rows as reused."""
+    from audit import io
+    from audit.pipeline import run_audit
+    from tests.conftest import compose_audit, small_audit
+
+    monkeypatch.setenv("AUDIT_STORE_KEY_FILE", str(tmp_path / "store.key"))
+    base, _ = small_audit(untrained_ddpm, tmp_path, n_suspect=4, n_control=8)
+    cfg = compose_audit(base + [f"score_store={tmp_path / 'store'}", "reconstruction=screen",
+                                "reconstruction.generate.n=4", "reconstruction.generate.steps=2",
+                                "reconstruction.inpaint.steps=2", "reconstruction.img2img.steps=2",
+                                "reconstruction.figures.max_items=2", "reconstruction.figures.controls=1",
+                                "reconstruction.figures.scale=16", "stats.n_permutations=99",
+                                "stats.crossfit_permutations=19", "stats.n_placebo=20"])
+    run_audit(cfg, tmp_path / "one")
+    run_audit(cfg, tmp_path / "two")
+    one, two = io.read_run(tmp_path / "one"), io.read_run(tmp_path / "two")
+    pd.testing.assert_frame_equal(one.scores.df, two.scores.df)
+    m1, m2 = one.metadata["reconstruction"], two.metadata["reconstruction"]
+    assert m1["unet_evaluations"] > 0 and m1["figure_unet_evaluations"] == 0
+    assert m2["unet_evaluations"] == m2["figure_unet_evaluations"]  # nothing but the figures' images
+    assert m2["score_store"]["computed"] == 0 and m2["score_store"]["reused"] == m1["score_store"]["computed"] > 0
+    prov = two.metadata["score_provenance"]["attacks"]
+    recon = [a for a in two.scores.attacks if a.startswith("recon_")]
+    assert "loss" in prov and recon and set(recon) <= set(prov)
+    for a in recon:
+        assert prov[a]["computed"] == 0 and prov[a]["reused"] == 12 and prov[a]["reused_from_runs"] == ["one"]
+    assert all(one.metadata["score_provenance"]["attacks"][a]["computed"] == 12 for a in recon)
+    assert (tmp_path / "two" / "reconstruction" / "evidence_grid.png").read_bytes() == \
+        (tmp_path / "one" / "reconstruction" / "evidence_grid.png").read_bytes()
