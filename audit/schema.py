@@ -201,7 +201,8 @@ def _jurisdictions() -> tuple[str, ...]:
 class TopLevelSchema:
     """The top-level keys of ``configs/audit.yaml`` (the config groups are sections of their own)."""
 
-    name: str = key("audit", path(null=False, what="a non-empty run name"), "names the results folder")
+    name: str = key("audit", Rule("a non-empty run name", lambda v, s: (isinstance(v, str) and v.strip() != "")
+                                  or _is_int(v), (None, "", ["a"])), "names the results folder")
     seed: int = key(REQUIRED, integer(0, 2 ** 63 - 1, words="an integer from 0 to 2**63 - 1"),
                     "seeds every noise draw and resampling")
     score_store: str | None = key(None, path(what="a folder"), "the content-keyed score store; null = none")
