@@ -374,6 +374,10 @@ def dynamic_messages() -> list[tuple[str, str]]:
         out += [("audit/report/texts.py:GLOSSARY", term), ("audit/report/texts.py:GLOSSARY", meaning)]
     for name, spec in GATE_REGISTRY.items():
         out.append((f"audit/stats/gates/{name}.py", spec.title))
+    from audit.stats.plan import TEST_LABELS, test_label
+
+    for name in TEST_LABELS:  # the set-level test as the verdict line and the methods table name it
+        out += [(f"audit/stats/settests/{name}.py", test_label(name, alt)) for alt in ("greater", "two-sided")]
     out.append(("audit/report/texts.py:STUDIES_SHORT", texts.STUDIES_SHORT))
     out.append(("audit/report/texts.py:CRITIQUES", texts.CRITIQUES))
     out += [("audit/report/i18n.py:_LESS_THAN", m) for m in _LESS_THAN.values()]
