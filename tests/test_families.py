@@ -31,8 +31,13 @@ from audit.stats import auc_with_ci, mann_whitney  # noqa: E402
 from audit.targets import FAMILIES, TargetLoadError, load_target  # noqa: E402
 from audit.types import EvidenceSet, ImageRecord  # noqa: E402
 
-NEW_FAMILIES = ("sdxl", "sd3", "flux", "pixart")
-PROCESS = {"pixel": "vp", "sd": "vp", "sdxl": "vp", "sd3": "flow", "flux": "flow", "pixart": "vp"}
+import audit.targets.families  # noqa: E402,F401  (every family registers itself: the lists below come from it)
+from audit.groundtruth.families import FAMILY_BUILDERS  # noqa: E402
+
+NEW_FAMILIES = tuple(sorted(FAMILY_BUILDERS))  # the families built by audit.groundtruth.families
+#: the diffusion process each family is expected to have; a registered family missing here fails its tests
+EXPECTED_PROCESS = {"pixel": "vp", "sd": "vp", "sdxl": "vp", "sd3": "flow", "flux": "flow", "pixart": "vp"}
+PROCESS = {name: EXPECTED_PROCESS.get(name, "not declared in tests/test_families.py") for name in sorted(FAMILIES)}
 
 
 def _render(res: int, offset: int, n: int, seed: int = 7) -> torch.Tensor:
