@@ -354,7 +354,7 @@ def check_section(section: str, node: Any, *, only: tuple[str, ...] | None = Non
     where the section is closed. Returns the checked values (defaults filled in). One-line ConfigRefused."""
     rules = section_rules(section)
     closed = SECTIONS[section][1]
-    present = [str(k) for k in node.keys()] if node is not None else []
+    present = [str(k) for k in node.keys()] if node is not None else []  # keys(): `in` on a DictConfig skips ???
     if closed and only is None:
         for k in present:
             if k not in rules and not k.startswith("_"):

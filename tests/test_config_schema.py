@@ -152,3 +152,15 @@ def test_the_speed_and_report_checks_are_the_schemas(shipped):
     check_report_names({"enabled": True, "formats": ["html"], "filename": "a.html", "pdf_filename": "a.pdf"})
     with pytest.raises(ConfigRefused, match="report.filename must be a plain file name"):
         check_report_names({"filename": "plan.json"})
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["stats.alpha=1.5"], "alpha must be in (0, 1), got 1.5"),  # the plan's own range, checked at composition
+    (["stats.features=[loss]"], "a feature set needs at least 2 attacks"),
+    (["reconstruction=screen", "reconstruction.img2img.strength=2"], "reconstruction.img2img.strength must be in (0, 1]"),
+    (["reconstruction=screen", "+reconstruction.generate.steps_=3"], "reconstruction.generate: unknown keys"),
+])
+def test_the_plan_and_the_reconstruction_group_are_checked_with_the_config(overrides, message):
+    with pytest.raises(ValueError) as info:
+        schema.check(_compose(overrides))
+    assert message in str(info.value) and "\n" not in str(info.value)
