@@ -290,7 +290,7 @@ class DistributedRun(_Sharded):
         run.local_rank = env[2] if env else 0
         rt = cfg.runtime
         if not dist.is_initialized():  # gloo: object collectives work on CPU and GPU nodes alike
-            hours = float(rt.get("dist_timeout_h", 72) or 72)
+            hours = float(rt.get("dist_timeout_h") or 72)
             dist.init_process_group("gloo", timeout=timedelta(hours=hours))
         device = str(rt.get("device", "cpu"))
         if device in ("cuda", "auto") and torch.cuda.is_available():

@@ -86,14 +86,13 @@ def _distributed_env() -> tuple[int, int, int] | None:
 
 
 def validate_scale_config(cfg: Any) -> tuple[str, int, int | None]:
-    """Check the sharding keys (one-line ValueErrors). Returns (mode, number of shards, this shard's index)."""
-    from audit.parallel.speed import validate_speed_config
+    """The scale-out mode and whether its keys fit together (one-line errors). Returns (mode, number of shards,
+    this shard's index). The keys' types and ranges are declared in :mod:`audit.schema` (checked first)."""
+    from audit.schema import check_section
 
     rt = cfg.runtime
-    validate_speed_config(rt)
+    check_section("runtime", rt)
     n = rt.get("shards", 1)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"runtime.shards must be a positive integer, got {n!r}")
     shard = rt.get("shard")
     env = _distributed_env()
     if env is not None:
@@ -112,9 +111,6 @@ def validate_scale_config(cfg: Any) -> tuple[str, int, int | None]:
         mode, index = "single", None
     elif str(shard) == MERGE:
         mode, index = MERGE, None
-    elif isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < n:
-        raise ValueError(f"runtime.shard must be null, 'merge' or an integer 0..{n - 1} (runtime.shards={n}), "
-                         f"got {shard!r}")
     else:
         mode, index = "shard", shard
     if mode != "single":
