@@ -102,7 +102,7 @@ def test_rerun_computes_nothing_and_gives_the_same_scores(untrained_ddpm, eviden
 
 
 def test_killed_run_resumes_where_it_stopped(untrained_ddpm, evidence, fresh, tmp_path, monkeypatch):
-    import audit.reconstruction.runner as runner
+    from audit.reconstruction import runner
 
     orig, calls = runner.repaint, {"n": 0}
 
@@ -197,6 +197,22 @@ def test_extraction_through_the_store(untrained_ddpm, evidence, tmp_path):
     assert a.record["extraction"]["groups"] == b.record["extraction"]["groups"]
     assert (a.out_dir / "extract_grid.png").read_bytes() == (b.out_dir / "extract_grid.png").read_bytes()
     assert all(p["reused"] == len(evidence) for p in b.provenance["attacks"].values())
+
+
+def test_shards_compute_disjoint_units_and_a_merge_computes_none(untrained_ddpm, evidence, fresh, tmp_path):
+    evals = []
+    for index in range(2):
+        target = _target(untrained_ddpm)
+        part = run_reconstruction(target, evidence, CFG, None, seed=0, progress=False,
+                                  store=_store(tmp_path / "store", target), shard=(index, 2))
+        assert part.scores.df.empty and part.store_stats["shard"] == [index, 2]
+        evals.append(part.unet_evals)
+    assert sum(evals) == fresh.unet_evals and min(evals) > 0  # disjoint, complete
+    merged = _run(untrained_ddpm, evidence, tmp_path / "store")
+    assert merged.unet_evals == 0
+    _same(merged, fresh)
+    with pytest.raises(ValueError, match="needs a score store"):
+        run_reconstruction(_target(untrained_ddpm), evidence, CFG, None, seed=0, progress=False, shard=(0, 2))
 
 
 @pytest.mark.slow  # two whole audits with reports (~35 s on one thread)

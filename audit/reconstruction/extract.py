@@ -208,6 +208,8 @@ def extract(target: Target, base: Target, evidence: Any, s: ExtractionSettings, 
     out_groups, samples = [], {}
     bar = tqdm(total=len(groups) * s.n, desc="reconstruction: extract", unit="img", disable=not progress)
     for gi, (prompt, idxs) in enumerate(groups.items()):
+        if not rs.mine(gi):
+            continue
         seeds = extraction_seeds(seed, prompt, s.n)
         h = {name: store_hash(hashes[name], {"seeds": EXTRACT_SEEDS}, prompt if target.conditional else None)
              for name in STATISTICS}

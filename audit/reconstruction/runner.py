@@ -59,7 +59,7 @@ from audit.reconstruction.store import GENERATE_SEEDS, ReconStore, folder_finger
 from audit.targets.base import Target
 from audit.stats.core import auc as _auc
 from audit.stats.core import conformal_pvalues
-from audit.types import EvidenceSet, ScoreTable, params_hash
+from audit.types import SCORE_COLUMNS, EvidenceSet, ScoreTable, params_hash
 
 __all__ = ["ReconstructionOutput", "run_reconstruction", "STATISTICS", "JSON_NAME", "HTML_NAME", "GRID_NAME"]
 
@@ -147,6 +147,7 @@ def run_reconstruction(
     seed: int = 0,
     progress: bool = True,
     store: Any = None,
+    shard: tuple[int, int] | None = None,
 ) -> ReconstructionOutput:
     """Run the configured reconstruction tests on ``evidence`` (see the module docstring).
 
@@ -154,10 +155,12 @@ def run_reconstruction(
     ``out_dir`` (e.g. ``<run folder>/reconstruction``) receives the JSON record, figures and HTML
     fragment; without it nothing is written. Every random draw derives from ``seed``. ``store``: the run's
     :class:`audit.store.ScoreStore` (its context's seed must be ``seed``); None = compute everything, persist nothing.
+    ``shard=(index, n)`` (with a store): compute and persist only this shard's units, return no rows and write
+    nothing else (:mod:`audit.reconstruction.store`); a later call without it assembles the results.
     """
     if store is not None and int(store.seed) != int(seed):
         raise ValueError(f"reconstruction: the score store's seed {store.seed} is not the run seed {seed}")
-    rs = ReconStore(store)
+    rs = ReconStore(store, shard)
     cfg = ReconstructionConfig.from_any(cfg)
     ev = evidence.select(cfg.roles)
     if len(ev) == 0:
@@ -199,6 +202,12 @@ def run_reconstruction(
         if not stats:
             raise ValueError("reconstruction: every test is disabled (generate, inpaint, img2img)")
         evals_scores = target.unet_evals - evals0
+        if rs.shard is not None:  # one shard's units are in the store; the merge assembles rows, record, figures
+            empty = ScoreTable(pd.DataFrame({c: pd.Series(dtype="float64" if c == "score" else "object")
+                                             for c in SCORE_COLUMNS}))
+            counts = {"folder": rs.folder, "shard": list(rs.shard), "units_computed": rs.units_computed,
+                      "units_reused": rs.units_reused, "integrity_failed": len(rs.failures)}
+            return ReconstructionOutput(empty, {"shard": list(rs.shard)}, None, [], evals_scores, 0, {}, counts)
         # figure images of works whose statistics were reused: regenerated from the recorded seeds / per-work noise
         regenerated: list[str] = []
         if out is not None and cfg.figures.enabled and fig_idx:
@@ -374,6 +383,8 @@ def _generate_and_match(target, ev, cfg, seed, progress, stats, hashes, per_art,
     top_k = max(1, int(cfg.figures.top_k))
     bar = tqdm(total=len(groups) * g.n, desc="reconstruction: generate", unit="img", disable=not progress)
     for gi, (prompt, idxs) in enumerate(groups.items()):
+        if not rs.mine(gi):
+            continue
         rec = GenerationRecord.new(target, prompt, g.n, seed=seed, steps=g.steps, guidance_scale=g.guidance_scale,
                                    eta=g.eta, batch_size=cfg.batch_size, shape=shape)
         h = {name: store_hash(hashes[name], extra, prompt if target.conditional else None) for name in names}
@@ -506,7 +517,7 @@ def _inpaint_all(target, ev, cfg, seed, progress, stats, hashes, per_art, materi
     recs = ev.records
     res = int(target.info.resolution)
     names = {m: f"recon_inpaint_{m}" for m in c.masks}
-    for m, name in names.items():
+    for name in names.values():
         hashes[name] = params_hash({"statistic": name, "seed_tag": "recon/inpaint", **c.__dict__})
         skeys[name] = [store_hash(hashes[name], None, r.caption if target.conditional else None) for r in recs]
 
@@ -518,6 +529,8 @@ def _inpaint_all(target, ev, cfg, seed, progress, stats, hashes, per_art, materi
     errs = {m: np.zeros(n) for m in c.masks}
     bar = tqdm(total=n * len(c.masks), desc="reconstruction: inpaint", unit="img", disable=not progress)
     for start, stop in _batches(ev, cfg.batch_size):
+        if not rs.mine(start // cfg.batch_size):
+            continue
         need = [i for i in range(start, stop) if not rs.has(work_keys(i))]
         if need:  # the batch's missing works (all of them in a fresh run), computed together
             ids = [recs[i].image_id for i in need]
@@ -586,6 +599,8 @@ def _img2img_all(target, ev, cfg, seed, progress, stats, hashes, per_art, materi
     dist = np.zeros(n)
     bar = tqdm(total=n, desc="reconstruction: img2img", unit="img", disable=not progress)
     for start, stop in _batches(ev, cfg.batch_size):
+        if not rs.mine(start // cfg.batch_size):
+            continue
         need = [i for i in range(start, stop) if not rs.has(work_keys(i))]
         if need:
             ids = [recs[i].image_id for i in need]

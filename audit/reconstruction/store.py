@@ -44,8 +44,11 @@ byte-identical), inpainting and img2img from the same per-work noise (the shown 
 ones). Their denoiser evaluations are counted apart (``figure_unet_evaluations`` in ``reconstruction.json`` and
 run.json); with figures off a fully stored rerun evaluates the denoiser zero times.
 
-Sharding: the units are per batch / per group and keyed by content, so shards could compute disjoint units into
-one store and a merge could read them (what the attack scores do); the sharded runner does not do that yet.
+**Sharding.** ``run_reconstruction(..., store=…, shard=(index, n))`` computes and persists only the units whose
+number (batch index for inpainting / img2img, group index for generate-and-match / extraction) is ``index`` modulo
+``n`` and returns no rows; the shards write disjoint units into one store, and a run without ``shard`` afterwards
+(the merge) finds every unit stored and computes none (only figure images). An unconditional pool is one unit, so
+it is never split between shards.
 """
 from __future__ import annotations
 
@@ -104,7 +107,11 @@ class ReconStore:
     :meth:`add` records a finished unit's values (and persists them as one batch file), :meth:`get` reads one.
     """
 
-    def __init__(self, store: ScoreStore | None) -> None:
+    def __init__(self, store: ScoreStore | None, shard: tuple[int, int] | None = None) -> None:
+        if shard is not None and (store is None or not 0 <= int(shard[0]) < int(shard[1])):
+            raise ValueError(f"reconstruction shard {shard}: needs a score store and 0 <= index < number of shards")
+        #: (index, number of shards): compute only the units whose number ≡ index (mod number); None = all
+        self.shard = (int(shard[0]), int(shard[1])) if shard is not None else None
         self.store: ScoreStore | None = None
         self.values: dict[tuple[str, str, str], tuple[float, str, str, str, bool]] = {}
         self.failures: list[StoreFailure] = []
@@ -121,6 +128,10 @@ class ReconStore:
     @property
     def folder(self) -> str | None:
         return str(self.store.folder) if self.store is not None else None
+
+    def mine(self, unit: int) -> bool:
+        """Whether this process computes unit number ``unit`` of a section (always, unless sharded)."""
+        return self.shard is None or int(unit) % self.shard[1] == self.shard[0]
 
     def has(self, keys: Iterable[tuple[str, str, str]]) -> bool:
         return all(k in self.values for k in keys)
