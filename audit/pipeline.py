@@ -139,14 +139,8 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         t0 = time.time()
         # through the score store like the attack scores (audit.reconstruction.store): a resumed or extended run
         # computes only the works whose statistics are not stored; other denoiser settings are kept apart
-        recon_store = store
-        settings = scale.store_settings() if hasattr(scale, "store_settings") else ""
-        if recon_store is not None and settings:
-            from dataclasses import replace
-
-            recon_store = replace(recon_store, settings=settings)
         recon = run_reconstruction(target, evidence, cfg.reconstruction, out / "reconstruction", seed=int(cfg.seed),
-                                   progress=progress, store=recon_store)
+                                   progress=progress, store=scale.with_settings(store))
         scores = ScoreTable.concat([scores, recon.scores])
         metadata["reconstruction"] = recon.metadata()
         # recon_* rows in score_provenance like the attacks' (computed here or reused, when, under which plan)

@@ -41,9 +41,9 @@ from typing import Any, ClassVar, Mapping
 import pandas as pd
 import torch
 
-from audit.parallel.shards import (MERGE, RECORD_FORMAT, EvalProgress, RecordedTarget, _distributed_env, _Info,
-                                   _write_json, assign_batches, read_records, record_name, shard_batches,
-                                   validate_scale_config)
+from audit.parallel.shards import (MERGE, RECORD_FORMAT, EvalProgress, _distributed_env, _write_json,
+                                   assign_batches, read_records, record_name, shard_batches, validate_scale_config)
+from audit.targets.recorded import RecordedTarget, _Info
 from audit.types import SCORE_COLUMNS, EvidenceSet, ScoreTable, params_hash
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,9 @@ class ScaleRun:
             parts.append(f"compile={sp['compile']}")
         return ",".join(parts)
 
-    def _with_settings(self, store: Any) -> Any:
-        """Scores of other denoiser settings are kept apart in the store."""
+    def with_settings(self, store: Any) -> Any:
+        """``store`` with this run's non-default denoiser settings in its context (scores of other settings are kept
+        apart); the attack scores and the reconstruction statistics both go through it."""
         settings = self.store_settings()
         return replace(store, settings=settings) if store is not None and settings else store
 
@@ -140,7 +141,7 @@ class SingleRun(ScaleRun):
               batch_size: int, seed: int, progress: bool) -> tuple[ScoreTable, Any]:
         from audit.store import score_with_store
 
-        store = self._with_settings(store)
+        store = self.with_settings(store)
         if store is None:  # one plain pass (score_evidence's own progress bar)
             return score_with_store(target, evidence, attacks, None, batch_size=batch_size, seed=seed,
                                     progress=progress)
@@ -161,7 +162,7 @@ class _Sharded(ScaleRun):
         if store is None:
             raise ValueError("this target does not use the score store (e.g. a black-box service), so its audit "
                              "cannot be sharded: run it with runtime.shards=1")
-        return self._with_settings(store)
+        return self.with_settings(store)
 
     def _score_shard(self, target: Any, evidence: EvidenceSet, attacks: Mapping[str, Any], store: Any,
                      batch_size: int, seed: int, progress: bool) -> tuple[dict[str, Any], Any]:

@@ -34,11 +34,9 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -128,29 +126,6 @@ def validate_scale_config(cfg: Any) -> tuple[str, int, int | None]:
 
 
 # ---------------------------------------------------------------------------------------------- records
-@dataclass
-class RecordedTarget:
-    """What the merge needs of the target, read from the shard records instead of loading the model."""
-
-    fingerprint: str
-    device: torch.device
-    dtype: torch.dtype
-    info: Any
-    unet_evals: int = 0
-    conditional: bool = False
-
-
-class _Info:
-    def __init__(self, values: Mapping[str, Any]):
-        self._values = dict(values)
-        self.resolution = int(values["resolution"])
-        self.conditional = bool(values.get("conditional", False))
-        self.fingerprint = str(values.get("fingerprint", ""))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self._values)
-
-
 def record_name(index: int, n: int) -> str:
     return f"shard-{index:03d}-of-{n:03d}.json"
 
@@ -192,12 +167,12 @@ class EvalProgress:
         from tqdm.auto import tqdm
 
         self.target, self.per_image = target, max(int(evals_per_image), 1)
-        self.last = int(getattr(target, "unet_evals", 0))
+        self.last = int(target.unet_evals)
         self.bar = tqdm(total=total_images * self.per_image, desc=desc, unit="eval", unit_scale=True,
                         disable=not enabled, smoothing=0.1, dynamic_ncols=True)
 
     def __call__(self, n_images: int, computed: bool) -> None:
-        now = int(getattr(self.target, "unet_evals", 0))
+        now = int(self.target.unet_evals)
         if computed:
             self.bar.update(now - self.last)
             # a batch can cost fewer evaluations than declared (shared outputs); keep the total honest

@@ -85,7 +85,7 @@ def to_pixels(target: Target, x: torch.Tensor) -> torch.Tensor:
     """Diffusion-space samples → images in [-1, 1] (decoded by the VAE for latent targets)."""
     if target.info.kind == "pixel":
         return x.float().clamp(-1, 1)
-    if not hasattr(target, "decode"):
+    if not target.can_decode:
         raise ValueError(f"target of kind {target.info.kind!r} has no decoder")
     return target.decode(x).float().clamp(-1, 1)
 
