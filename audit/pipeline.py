@@ -92,7 +92,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     timings["scoring_s"] = time.time() - t0
     if scores is None:  # one shard of a sharded run: its scores are in the store, the merge writes the results
         return out
-    provenance = _score_provenance(scores, store_stats, store, plan_record, out.name)
+    provenance = _score_provenance(store_stats, store, plan_record, out.name)
     if provenance["integrity_failed"]:
         first = provenance["integrity_failures"][0]
         log.warning("score store: %d stored score(s) failed their integrity check and were recomputed, not reused "
@@ -167,31 +167,13 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     return report
 
 
-def _score_provenance(scores: Any, stats: Any, store: ScoreStore | None, plan_record: dict[str, Any],
-                      run: str) -> dict[str, Any]:
-    """run.json's ``score_provenance`` (shape: :func:`audit.store.provenance_summary`). A merge of shards reads
-    the provenance from the store: scores computed after the shards declared the plan count as this run's."""
-    import pandas as pd
-
-    from audit.store import provenance_summary
-
-    plan_sha = str(plan_record.get("sha256", ""))
-    prov = getattr(stats, "provenance", None)
-    if prov is not None and store is not None:
-        return prov
-    if prov is not None:  # no store: every score was computed now
-        return {**prov, "run": run, "plan_sha256": plan_sha}
-    have = store.load() if store is not None else None
-    if have is None or have.empty:
-        rows = pd.DataFrame({"attack": scores.df["attack"], "computed_here": True, "computed_at": "",
-                             "plan_sha256": plan_sha, "run": run})
-    else:
-        rows = scores.df[["image_id", "attack", "attack_params_hash"]].merge(
-            have, on=["image_id", "attack", "attack_params_hash"], how="left")
-        since = str(plan_record.get("declared_utc", ""))
-        rows["computed_here"] = (rows["plan_sha256"] == plan_sha) & (rows["computed_at"].astype(str) >= since)
-    return provenance_summary(rows, list(getattr(store, "failures", []) or []), run=run, plan_sha256=plan_sha)
-
+def _score_provenance(stats: Any, store: ScoreStore | None, plan_record: dict[str, Any], run: str) -> dict[str, Any]:
+    """run.json's ``score_provenance`` (shape: :func:`audit.store.provenance_summary`), as the executor's scoring
+    recorded it (a merge of shards reads it from the store: scores computed after the shards declared the plan
+    count as this run's). Without a store every score was computed now, by this run under its plan."""
+    if store is not None:
+        return stats.provenance
+    return {**stats.provenance, "run": run, "plan_sha256": str(plan_record.get("sha256", ""))}
 
 def declare_plan(stats_cfg: Any, out: Path, decisions: str | None = None) -> dict[str, Any]:
     """Write the analysis plan with its SHA-256 to ``plan.json`` (before scoring). ``stats_cfg``: an

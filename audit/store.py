@@ -354,11 +354,16 @@ def score_with_store(target: Any, evidence: EvidenceSet, attacks: Mapping[str, A
     for attack in attacks.values():  # fail at once on a misconfigured attack, before any batch
         attack.check_target(target)
     hashes = {name: params_hash(a.params()) for name, a in attacks.items()}
+    conditional = bool(target.conditional)
+
+    def key(r: Any, name: str) -> tuple[str, str, str]:  # what a score is stored and found under
+        return r.image_id, name, stored_params_hash(hashes[name], r.caption if conditional else None)
+
     have = store.load() if store is not None else ScoreStore.empty()
     if store is not None:
         stats.failures = list(store.failures)
         stats.integrity_failed = len(store.failures)
-    # (image, attack, params) → (score, computed_at, plan_sha256, run, computed by this call)
+    # (image, attack, stored params) → (score, computed_at, plan_sha256, run, computed by this call)
     done = {(r.image_id, r.attack, r.attack_params_hash): (float(r.score), r.computed_at, r.plan_sha256, r.run, False)
             for r in have.itertuples(index=False)}
     run_name, plan_sha = (store.run, store.plan_sha256) if store is not None else ("", "")
@@ -367,18 +372,20 @@ def score_with_store(target: Any, evidence: EvidenceSet, attacks: Mapping[str, A
     for start in starts:
         stop = min(start + batch_size, n)
         recs = evidence.records[start:stop]
-        missing = {name for name in attacks for r in recs if (r.image_id, name, hashes[name]) not in done}
+        missing = {name for name in attacks for r in recs if key(r, name) not in done}
         if not missing:
             stats.batches_reused += 1
             if on_batch is not None:
                 on_batch(stop - start, False)
             continue
-        todo = [i for i, r in enumerate(recs, start) if any((r.image_id, m, hashes[m]) not in done for m in missing)]
+        todo = [i for i, r in enumerate(recs, start) if any(key(r, m) not in done for m in missing)]
         sub = EvidenceSet([evidence.records[i] for i in todo], evidence.pixels[todo])
         part = score_evidence(target, sub, {m: attacks[m] for m in attacks if m in missing},
                               batch_size=len(todo), seed=seed, progress=False).df
-        part = part[[(i, a, h) not in done for i, a, h in zip(part["image_id"], part["attack"],
-                                                                part["attack_params_hash"])]]
+        by_id = {r.image_id: r for r in sub.records}
+        keys = [key(by_id[i], a) for i, a in zip(part["image_id"], part["attack"])]
+        new = [k not in done for k in keys]
+        part = part[new].assign(attack_params_hash=[k[2] for k, keep in zip(keys, new) if keep])
         when = utc_now()
         if store is not None:
             store.save(part, computed_at=when)
@@ -389,19 +396,20 @@ def score_with_store(target: Any, evidence: EvidenceSet, attacks: Mapping[str, A
             on_batch(stop - start, True)
         elif progress:
             log.info("scored batch %d-%d of %d (persisted)", start, stop, n)
-    # rows in the order of a plain scoring pass: batch by batch, attack by attack within a batch
+    # rows in the order of a plain scoring pass: batch by batch, attack by attack within a batch; the table carries
+    # the attacks' own parameter hashes (the caption is part of the stored key only)
     rows, prov = [], []
     for start in starts:
         recs = evidence.records[start:start + batch_size]
         for name in attacks:
             for r in recs:
-                score, when, plan, run, here = done[(r.image_id, name, hashes[name])]
+                score, when, plan, run, here = done[key(r, name)]
                 rows.append((r.image_id, r.role, name, hashes[name], score))
                 prov.append((name, here, when, plan, run))
     df = pd.DataFrame(rows, columns=["image_id", "role", "attack", "attack_params_hash", "score"])
     df["target_fingerprint"] = target.fingerprint
     df["seed"] = int(seed)
-    stats.computed = stats_computed(have, df)
+    stats.computed = sum(bool(p[1]) for p in prov)
     stats.reused = len(df) - stats.computed
     stats.provenance = provenance_summary(
         pd.DataFrame(prov, columns=["attack", "computed_here", "computed_at", "plan_sha256", "run"]),
@@ -409,7 +417,11 @@ def score_with_store(target: Any, evidence: EvidenceSet, attacks: Mapping[str, A
     return ScoreTable(df[list(SCORE_COLUMNS)]), stats
 
 
-def stats_computed(before: pd.DataFrame, table: pd.DataFrame) -> int:
-    """Rows of ``table`` that were not in the store before this run."""
-    old = set(zip(before["image_id"], before["attack"], before["attack_params_hash"]))
-    return sum((k not in old) for k in zip(table["image_id"], table["attack"], table["attack_params_hash"]))
+def stored_params_hash(params_hash: str, caption: str | None) -> str:
+    """The parameter hash a score is stored under. For a text-conditional target the caption is an input of every
+    score (the prompt the denoiser is conditioned on), so it is part of the key: a work whose caption changed in the
+    manifest is scored again, never answered with the score of its old caption. ``caption=None`` (an unconditional
+    target): the attack's own hash, as in stores written before captions were keyed."""
+    if caption is None:
+        return params_hash
+    return hashlib.sha256(f"{params_hash}\0caption\0{caption}".encode()).hexdigest()[:len(params_hash) or 16]

@@ -206,3 +206,32 @@ def test_store_context_includes_the_scoring_code(tmp_path):
     b = ScoreStore(tmp_path, "f" * 64, 0, "float32", "cpu", code="0" * 16)
     assert a.code == code_fingerprint() and a.folder != b.folder
     assert ScoreStore(tmp_path, "f" * 64, 0, "float32", "cpu").folder == a.folder
+
+
+def test_a_changed_caption_is_scored_again_for_a_text_conditional_target(tiny_sd, memorized_ddpm, tmp_path):
+    """The caption conditions every score of a text-to-image model, so it is part of the stored key: a work whose
+    caption changed in the manifest is scored anew (the stored score of its old caption is not reused), the others
+    are reused; an unconditional model's keys are the attacks' own hashes, as in older stores."""
+    from dataclasses import replace
+
+    from diffusers import UNet2DConditionModel
+
+    from audit.data import load_evidence
+    from audit.store import stored_params_hash
+
+    target = load_target(str(tiny_sd[0]), local_files_only=True, device="cpu")
+    entries = [{"path": str(p), "role": "suspect" if i < 2 else "control", "caption": "a painting"}
+               for i, p in enumerate(memorized_ddpm.member_paths[:4])]
+    first = load_evidence(entries, target.info.resolution, progress=False)
+    attacks = {"loss": LossAttack(timesteps=[100], n_noise=1)}
+    store = _store(tmp_path, target)
+    before, _ = score_with_store(target, first, attacks, store, batch_size=4, seed=0, progress=False)
+    changed = replace(first, records=[replace(first.records[0], caption="a portrait of a cat"), *first.records[1:]])
+    with count_forward_calls(UNet2DConditionModel) as calls:
+        after, stats = score_with_store(target, changed, attacks, store, batch_size=4, seed=0, progress=False)
+    assert (stats.computed, stats.reused) == (1, 3) and calls["n"] == 1  # one work, one timestep
+    fresh, _ = score_with_store(target, changed, attacks, None, batch_size=4, seed=0, progress=False)
+    pd.testing.assert_frame_equal(after.df, fresh.df)  # what the new caption gives, not the old caption's score
+    assert after.df["score"].iloc[0] != before.df["score"].iloc[0]
+    assert set(after.df["attack_params_hash"]) == set(before.df["attack_params_hash"])  # the table keeps the attack's
+    assert stored_params_hash("abc", None) == "abc"  # unconditional targets: keys as before

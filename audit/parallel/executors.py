@@ -44,6 +44,7 @@ import torch
 from audit.parallel.shards import (MERGE, RECORD_FORMAT, EvalProgress, _distributed_env, _write_json,
                                    assign_batches, read_records, record_name, shard_batches, validate_scale_config)
 from audit.targets.recorded import RecordedTarget, _Info
+from audit.store import provenance_summary, stored_params_hash
 from audit.types import SCORE_COLUMNS, EvidenceSet, ScoreTable, params_hash
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class ScaleRun:
         self.speed: dict[str, Any] = {}
         self.records: list[dict[str, Any]] = []
         self._plan_record: dict[str, Any] = {}
+        self._run_name = ""
+        self._provenance: dict[str, Any] | None = None
 
     @property
     def rank0(self) -> bool:
@@ -97,7 +100,7 @@ class ScaleRun:
 
     # -- 2. after the plan is declared
     def after_plan(self, plan_record: dict[str, Any], out: Path) -> dict[str, Any]:
-        self._plan_record = plan_record
+        self._plan_record, self._run_name = plan_record, Path(out).name
         return plan_record
 
     # -- 3. scoring
@@ -211,21 +214,31 @@ class _Sharded(ScaleRun):
         if r0["n_images"] != len(ids) or r0["image_ids_sha256"] != hashlib.sha256("\n".join(ids).encode()).hexdigest():
             raise ValueError("merge: the accepted works differ from the shards' (manifest or files changed since)")
         have = store.load()
-        done = {(a, b, c): float(s) for a, b, c, s in zip(have["image_id"], have["attack"],
-                                                          have["attack_params_hash"], have["score"])}
+        done = {(i, a, h): (float(s), str(when), str(plan), str(run)) for i, a, h, s, when, plan, run in zip(
+            have["image_id"], have["attack"], have["attack_params_hash"], have["score"], have["computed_at"],
+            have["plan_sha256"], have["run"])}
+        conditional = bool(r0["target_info"].get("conditional", False))  # the caption is part of the stored key
         owner = assign_batches(ids, batch_size, self.n_shards)
-        rows, gaps = [], set()
+        plan_sha, since = str(self._plan_record.get("sha256", "")), str(self._plan_record.get("declared_utc", ""))
+        rows, prov, gaps = [], [], set()
         for k, start in enumerate(range(0, len(ids), batch_size)):
             recs = evidence.records[start:start + batch_size]
             for name, h in hashes.items():
                 for r in recs:
-                    s = done.get((r.image_id, name, h))
-                    if s is None:
+                    got = done.get((r.image_id, name, stored_params_hash(h, r.caption if conditional else None)))
+                    if got is None:
                         gaps.add(owner[k])
-                    rows.append((r.image_id, r.role, name, h, s))
+                        got = (None, "", "", "")
+                    score, when, plan, run = got
+                    rows.append((r.image_id, r.role, name, h, score))
+                    # computed for this run: by a shard under the declared plan, after it was declared
+                    prov.append((name, plan == plan_sha and when >= since, when, plan, run))
         if gaps:
             raise ValueError(f"merge: shard(s) {sorted(gaps)} of {self.n_shards} have unfinished batches in the "
                              f"score store {store.folder}: rerun those shards alone (runtime.shard=<i>), then merge")
+        self._provenance = provenance_summary(
+            pd.DataFrame(prov, columns=["attack", "computed_here", "computed_at", "plan_sha256", "run"]),
+            list(store.failures), run=self._run_name, plan_sha256=plan_sha)
         df = pd.DataFrame(rows, columns=["image_id", "role", "attack", "attack_params_hash", "score"])
         df["target_fingerprint"] = r0["store_context"]["target_fingerprint"]
         df["seed"] = int(seed)
@@ -238,6 +251,7 @@ class _Sharded(ScaleRun):
         for r in self.records:
             for k, v in r["store"].items():
                 setattr(s, k, getattr(s, k) + int(v))
+        s.provenance = self._provenance  # read from the store by _assemble
         return s
 
     def annotate(self, metadata: dict[str, Any]) -> None:
