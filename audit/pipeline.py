@@ -11,6 +11,7 @@ import logging
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audit import io, verify
 from audit.prepare import (  # noqa: F401  (re-exported: the phases before scoring live in audit.prepare)
+    Prepared,
     build_attacks,
     check_config,
     check_entries,
@@ -43,10 +45,13 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     """Run the audit described by ``cfg`` and write every artefact to ``out_dir``. Returns the report path
     (or the results folder when the report is disabled).
 
-    Order (each step's files are on disk before the next starts): config, plan values and manifest validated
-    (and a committed plan's evidence checked) → model loaded → evidence decoded and validated → plan completed
-    from the accepted works and declared (``plan.json``) → scores persisted batch by batch in the score store → scores,
-    images, features, metadata written → analysis → report → SHA-256 manifest and completion marker last.
+    The phases, each a function below whose files are on disk before the next starts: the config's plain values
+    (:func:`audit.prepare.check_config`) → the scale-out executor (:mod:`audit.parallel.executors`) →
+    preparation (:func:`audit.prepare.prepare`, shared with ``audit-plan``: plan, manifest, model, evidence, the
+    completed plan) → the plan declared (:func:`declare_run_plan`, ``plan.json``) → scoring through the score
+    store (:func:`score_phase`) → the run's record (:func:`run_record`) → reconstruction tests
+    (:func:`reconstruction_phase`) → scores, images, features and metadata written → analysis and report
+    (:func:`analyze_and_report`) → the SHA-256 manifest and completion marker last (:func:`audit.verify.seal`).
     """
     t_start = time.time()
     out = Path(out_dir)
@@ -54,31 +59,66 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
     claim_run_folder(out)
     from audit.parallel import ScaleRun
 
-    scale = ScaleRun.from_config(cfg)  # sharding (accelerate / launcher jobs / merge) and throughput keys checked
-    rt = cfg.runtime
-    if rt.get("num_threads"):
-        torch.set_num_threads(int(rt.num_threads))
-    progress = bool(rt.get("progress", True))
-    # config → validated plan, evidence and target (the same phase audit-plan runs)
+    scale = ScaleRun.from_config(cfg)  # how the sharding keys fit together; this process's executor
+    if cfg.runtime.get("num_threads"):
+        torch.set_num_threads(int(cfg.runtime.num_threads))
+    progress = bool(cfg.runtime.get("progress", True))
     prep = prepare(cfg, load_target=scale.load_target, progress=progress)
-    plan, attacks, decisions, target, evidence = prep.plan, prep.attacks, prep.decisions, prep.target, prep.evidence
-    commitment, scenario_record, timings = prep.commitment, prep.scenario_record, prep.timings
     # a black-box service (audit.blackbox): budget printed before anything is sent; a dry run stops here
-    if not target.begin_run(evidence, attacks, seed=int(cfg.seed), out=out):
+    if not prep.target.begin_run(prep.evidence, prep.attacks, seed=int(cfg.seed), out=out):
         return out
-    plan_record = declare_plan(plan, out, decisions)
-    if commitment is not None:
+    plan_record = declare_run_plan(prep, scale, out)
+    scored = score_phase(cfg, prep, scale, plan_record, out, progress)
+    if scored is None:  # one shard of a sharded run: its scores are in the store, the merge writes the results
+        return out
+    metadata = run_record(cfg, prep, scale, scored, plan_record, t_start, out)
+    scores = reconstruction_phase(cfg, prep, scale, scored, metadata, out, progress)
+    metadata["timings"] = dict(prep.timings)
+    run = io.RunData(scores=scores, images=prep.evidence.image_table(),
+                     rejected=[r.to_dict() for r in prep.evidence.rejected], metadata=metadata,
+                     config_yaml=OmegaConf.to_yaml(cfg, resolve=True), features=scored.features)
+    # The data are on disk before the analysis runs: whatever the analysis does, the scores are kept.
+    io.write_run(out, run)
+    report = analyze_and_report(run, prep.plan, cfg.report, out, timings=prep.timings, t_start=t_start)
+    release_run_folder(out)
+    verify.seal(out)  # the SHA-256 manifest and the completion marker, written last
+    return report
+
+
+@dataclass
+class Scored:
+    """What the scoring phase leaves: the scores (every process that goes on), where they were kept, and the
+    model-free features of the works (for the blind-baseline gate and the difficulty adjustment)."""
+
+    scores: Any  # ScoreTable
+    stats: Any  # audit.store.StoreStats
+    store: ScoreStore | None
+    provenance: dict[str, Any]
+    features: Any
+
+
+def declare_run_plan(prep: Prepared, scale: Any, out: Path) -> dict[str, Any]:
+    """``plan.json`` with the completed plan's SHA-256 (and the commitment it was checked against) before any
+    score; a sharded run's processes all declare it before any scores (:meth:`ScaleRun.after_plan`)."""
+    plan_record = declare_plan(prep.plan, out, prep.decisions)
+    if prep.commitment is not None:
         from audit import commitment as commit
 
-        plan_record["committed"] = commit.summary(commitment)
+        plan_record["committed"] = commit.summary(prep.commitment)
         io.write_json(out / io.PLAN, plan_record)  # still before any score: says which commitment was checked
-    plan_record = scale.after_plan(plan_record, out)  # all shards declared it before scoring
-    t0 = time.time()
+    return scale.after_plan(plan_record, out)
+
+
+def score_phase(cfg: DictConfig, prep: Prepared, scale: Any, plan_record: dict[str, Any], out: Path,
+                progress: bool) -> Scored | None:
+    """The works' model-free features, then every attack score through the score store (the executor decides
+    which batches this process computes). None for a process that leaves the results to another."""
     from audit.stats.blind import blind_features
 
-    features = blind_features(evidence)  # model-free features for the blind-baseline gate
+    target, timings = prep.target, prep.timings
+    t0 = time.time()
+    features = blind_features(prep.evidence)
     timings["blind_features_s"] = time.time() - t0
-
     t0 = time.time()
     # a black-box target answers from its request log / response cache instead, so every run logs every answer
     store_root = cfg.get("score_store") if target.uses_score_store else None
@@ -87,19 +127,27 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         store = ScoreStore(Path(str(store_root)), target.fingerprint, int(cfg.seed),
                            str(target.dtype).replace("torch.", ""), torch.device(target.device).type,
                            plan_sha256=str(plan_record.get("sha256", "")), run=out.name)
-    scores, store_stats = scale.score(target, evidence, attacks, store, batch_size=int(rt.batch_size),
-                                      seed=int(cfg.seed), progress=progress)
+    scores, stats = scale.score(target, prep.evidence, prep.attacks, store, batch_size=int(cfg.runtime.batch_size),
+                                seed=int(cfg.seed), progress=progress)
     timings["scoring_s"] = time.time() - t0
-    if scores is None:  # one shard of a sharded run: its scores are in the store, the merge writes the results
-        return out
-    provenance = _score_provenance(store_stats, store, plan_record, out.name)
+    if scores is None:
+        return None
+    provenance = _score_provenance(stats, store, plan_record, out.name)
     if provenance["integrity_failed"]:
         first = provenance["integrity_failures"][0]
         log.warning("score store: %d stored score(s) failed their integrity check and were recomputed, not reused "
                     "(first: image %s, attack %s, %s: %s); listed in run.json score_provenance",
                     provenance["integrity_failed"], first["image_id"][:12] or "-", first["attack"] or "-",
                     first["file"], first["reason"])
+    return Scored(scores=scores, stats=stats, store=store, provenance=provenance, features=features)
 
+
+def run_record(cfg: DictConfig, prep: Prepared, scale: Any, scored: Scored, plan_record: dict[str, Any],
+               t_start: float, out: Path) -> dict[str, Any]:
+    """``run.json``: the command, versions, runtime, target, attacks, evaluations, the score store and each score's
+    provenance, the scale-out record and what the target reports of its run (a service's requests and budget;
+    collected outputs' matches and exhibits)."""
+    target, evidence, attacks, store = prep.target, prep.evidence, prep.attacks, scored.store
     described = scale.describe_attacks(attacks)
     # reference models (calibrated attacks) count their own evaluations; one entry per distinct model
     reference_evals = {d["reference"]["fingerprint"]: d["reference"]["unet_evals"]
@@ -110,7 +158,7 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         "seed": int(cfg.seed),
         "versions": io.package_versions(),
         "runtime": {"device": str(target.device), "dtype": str(target.dtype).replace("torch.", ""),
-                    "batch_size": int(rt.batch_size), "torch_threads": torch.get_num_threads()},
+                    "batch_size": int(cfg.runtime.batch_size), "torch_threads": torch.get_num_threads()},
         "target": target.info.to_dict(),
         "attacks": described,
         "unet_evaluations": target.unet_evals,
@@ -118,53 +166,44 @@ def run_audit(cfg: DictConfig, out_dir: str | Path) -> Path:
         # what the attacks would cost run one by one; the difference is saved by sharing within batches
         "unet_evaluations_unshared": len(evidence) * sum(a.evaluations_per_image() for a in attacks.values()),
         # scores taken from the score store (a resumed or extended run) were not recomputed
-        "score_store": {"folder": str(store.folder) if store else None, **store_stats.to_dict()},
+        "score_store": {"folder": str(store.folder) if store else None, **scored.stats.to_dict()},
         # per attack: computed now vs reused, when and under which plan and run each was computed (audit.store)
-        "score_provenance": provenance,
+        "score_provenance": scored.provenance,
         "n_images": len(evidence),
         "n_rejected": len(evidence.rejected),
-        "scenario": scenario_record,
+        "scenario": prep.scenario_record,
         "analysis_plan": plan_record,
     }
     scale.annotate(metadata)  # shards, their evaluations and the throughput settings
     if (summary := target.run_summary()) is not None:  # a black-box service: requests sent, from the log, budget
         metadata["blackbox"] = summary
-    if (finished := target.finish_run(out, scores)) is not None:  # collected outputs: matches, exhibits (pre-seal)
+    if (finished := target.finish_run(out, scored.scores)) is not None:  # collected outputs: matches, exhibits
         metadata["outputs"] = finished
-    if cfg.get("reconstruction") and cfg.reconstruction.get("enabled", False):
-        # reconstruction tests (issue 4): recon_* rows join the ScoreTable, figures + seeds go to <out>/reconstruction
-        from audit.reconstruction import run_reconstruction
-        from audit.types import ScoreTable
+    return metadata
 
-        t0 = time.time()
-        # through the score store like the attack scores (audit.reconstruction.store): a resumed or extended run
-        # computes only the works whose statistics are not stored; other denoiser settings are kept apart
-        recon = run_reconstruction(target, evidence, cfg.reconstruction, out / "reconstruction", seed=int(cfg.seed),
-                                   progress=progress, store=scale.with_settings(store))
-        scores = ScoreTable.concat([scores, recon.scores])
-        metadata["reconstruction"] = recon.metadata()
-        # recon_* rows in score_provenance like the attacks' (computed here or reused, when, under which plan)
-        prov, rprov = metadata["score_provenance"], recon.provenance
-        prov["attacks"] = {**prov.get("attacks", {}), **rprov.get("attacks", {})}
-        prov["integrity_failed"] = int(prov.get("integrity_failed", 0)) + int(rprov.get("integrity_failed", 0))
-        prov["integrity_failures"] = (list(prov.get("integrity_failures", [])) +
-                                      list(rprov.get("integrity_failures", [])))[:20]
-        timings["reconstruction_s"] = time.time() - t0
-    metadata["timings"] = dict(timings)
-    run = io.RunData(
-        scores=scores,
-        images=evidence.image_table(),
-        rejected=[r.to_dict() for r in evidence.rejected],
-        metadata=metadata,
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        features=features,
-    )
-    # The data are on disk before the analysis runs: whatever the analysis does, the scores are kept.
-    io.write_run(out, run)
-    report = analyze_and_report(run, plan, cfg.report, out, timings=timings, t_start=t_start)
-    release_run_folder(out)
-    verify.seal(out)  # the SHA-256 manifest and the completion marker, written last
-    return report
+
+def reconstruction_phase(cfg: DictConfig, prep: Prepared, scale: Any, scored: Scored, metadata: dict[str, Any],
+                         out: Path, progress: bool) -> Any:
+    """The reconstruction tests when configured (issue 4): their ``recon_*`` rows join the scores, figures and
+    seeds go to ``<out>/reconstruction``; through the score store like the attack scores
+    (:mod:`audit.reconstruction.store`), so a resumed or extended run computes only the works not stored."""
+    if not (cfg.get("reconstruction") and cfg.reconstruction.get("enabled", False)):
+        return scored.scores
+    from audit.reconstruction import run_reconstruction
+    from audit.types import ScoreTable
+
+    t0 = time.time()
+    recon = run_reconstruction(prep.target, prep.evidence, cfg.reconstruction, out / "reconstruction",
+                               seed=int(cfg.seed), progress=progress, store=scale.with_settings(scored.store))
+    metadata["reconstruction"] = recon.metadata()
+    # recon_* rows in score_provenance like the attacks' (computed here or reused, when, under which plan)
+    prov, rprov = metadata["score_provenance"], recon.provenance
+    prov["attacks"] = {**prov.get("attacks", {}), **rprov.get("attacks", {})}
+    prov["integrity_failed"] = int(prov.get("integrity_failed", 0)) + int(rprov.get("integrity_failed", 0))
+    prov["integrity_failures"] = (list(prov.get("integrity_failures", [])) +
+                                  list(rprov.get("integrity_failures", [])))[:20]
+    prep.timings["reconstruction_s"] = time.time() - t0
+    return ScoreTable.concat([scored.scores, recon.scores])
 
 
 def _score_provenance(stats: Any, store: ScoreStore | None, plan_record: dict[str, Any], run: str) -> dict[str, Any]:
