@@ -11,11 +11,16 @@ import os
 import sys
 from typing import Any, Callable
 
-__all__ = ["UserError", "USER_ERRORS", "user_error_line", "run_reporting_user_errors"]
+__all__ = ["UserError", "ConfigRefused", "USER_ERRORS", "user_error_line", "run_reporting_user_errors"]
 
 
 class UserError(ValueError):
     """A mistake in the user's input, reported in one line (a ``ValueError`` for callers that catch those)."""
+
+
+class ConfigRefused(UserError):
+    """A config value refused before anything runs (one line): :mod:`audit.schema`, :mod:`audit.safety`, the
+    report's language and expert-file checks."""
 
 
 #: Errors that describe a mistake in the user's input, not a bug: reported in one line, exit status 2.

@@ -9,7 +9,7 @@
 * :func:`check_report_names` — report file names are plain names that cannot overwrite the run's records (declared
   with the other report keys in :class:`audit.schema.ReportSchema`).
 
-Each raises :class:`ConfigRefused` (defined in :mod:`audit.schema`; a ``ValueError``: one line, exit status 2 on the
+Each raises :class:`ConfigRefused` (defined in :mod:`audit.errors`; a ``ValueError``: one line, exit status 2 on the
 command line).
 """
 from __future__ import annotations

@@ -36,15 +36,11 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Iterator, Mapping
 
-from audit.errors import UserError
+from audit.errors import ConfigRefused
 
 __all__ = ["ConfigRefused", "Rule", "TopLevelSchema", "RuntimeSchema", "DataSchema", "ReportSchema", "SECTIONS",
            "REQUIRED", "RECORD_NAMES", "REPORT_FORMATS", "ATTENTION", "COMPILE_MODES", "DTYPES", "check",
            "check_section", "declared_keys", "section_rules"]
-
-
-class ConfigRefused(UserError):
-    """A config value refused before anything runs (one line)."""
 
 
 class _Required:

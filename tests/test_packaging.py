@@ -100,3 +100,27 @@ def test_no_import_cycle_between_the_command_line_and_the_pipeline_phases():
     # no upward imports: the phases and the records never import the command line or the pipeline
     for low in ("prepare", "defaults", "commitment", "store", "io", "safety", "errors"):
         assert not {t for s, t in edges if s == low} & {"cli", "pipeline", "regenerate"}, low
+
+
+def test_no_import_cycle_between_the_package_s_parts():
+    """Over the whole package, at the level of its parts (``audit/<part>``: each subpackage and top-level module),
+    every import statement, module-level or inside a function, points one way: no two parts import each other."""
+    import ast
+
+    import networkx as nx
+
+    def part(module: str) -> str:
+        return module.split(".")[1] if module.count(".") else "audit"
+
+    edges = set()
+    for f in (ROOT / "audit").rglob("*.py"):
+        if f.name == "__main__.py":
+            continue
+        src = part(".".join(f.relative_to(ROOT).with_suffix("").parts))
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            edges |= {(src, part(n)) for n in names if n.startswith("audit.") and part(n) != src}
+    cycles = list(nx.simple_cycles(nx.DiGraph(edges)))
+    assert cycles == [], f"import cycles between parts of the package: {cycles}"
+    assert ("schema", "cli") not in edges and ("prepare", "pipeline") not in edges  # a sample of the direction

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from audit.report.i18n import _, check_jurisdiction, format_integer
-from audit.safety import ConfigRefused
+from audit.errors import ConfigRefused
 
 __all__ = ["EXPERT_EXHIBIT", "EXPERT_KEYS", "ExpertFileRefused", "load_expert", "materials_examined", "declaration",
            "formal_elements", "signature_block", "public_key_fingerprint", "expert_block"]

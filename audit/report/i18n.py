@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["LANGUAGES", "REPORT_LANGUAGES", "TERMS", "CJK_FONT_FAMILIES", "FONT_STACK", "Lang", "check_language",
+__all__ = ["LANGUAGES", "REPORT_LANGUAGES", "TERMS", "CJK_FONT_FAMILIES", "FONT_STACK", "check_language",
            "check_jurisdiction", "report_languages", "localized_name", "translations", "install", "use", "current",
            "_", "ngettext", "format_number", "format_p", "format_percent", "format_integer", "format_date",
            "chance_words", "cjk_font_status", "CJK_FONT_PACKAGE", "catalogue_messages", "dynamic_messages"]
@@ -64,7 +64,7 @@ _current: ContextVar[str] = ContextVar("report_language", default="en")
 
 def check_language(value: Any) -> tuple[str, ...]:
     """``report.language`` → the languages to write, or a one-line ``ConfigRefused``."""
-    from audit.safety import ConfigRefused
+    from audit.errors import ConfigRefused
 
     if value is None:
         return REPORT_LANGUAGES["en"]
@@ -75,7 +75,7 @@ def check_language(value: Any) -> tuple[str, ...]:
 
 def check_jurisdiction(value: Any) -> str:
     """``report.jurisdiction`` → one of :data:`JURISDICTIONS` (``neutral`` when unset), or ``ConfigRefused``."""
-    from audit.safety import ConfigRefused
+    from audit.errors import ConfigRefused
 
     if value is None:
         return "neutral"
