@@ -186,16 +186,18 @@ def reconstruction_phase(cfg: DictConfig, prep: Prepared, scale: Any, scored: Sc
                          out: Path, progress: bool) -> Any:
     """The reconstruction tests when configured (issue 4): their ``recon_*`` rows join the scores, figures and
     seeds go to ``<out>/reconstruction``; through the score store like the attack scores
-    (:mod:`audit.reconstruction.store`), so a resumed or extended run computes only the works not stored."""
+    (:mod:`audit.reconstruction.store`), so a resumed or extended run computes only the works not stored; in a
+    sharded run the shards computed every unit (:meth:`audit.parallel.executors.ScaleRun.reconstruct`)."""
     if not (cfg.get("reconstruction") and cfg.reconstruction.get("enabled", False)):
         return scored.scores
-    from audit.reconstruction import run_reconstruction
     from audit.types import ScoreTable
 
     t0 = time.time()
-    recon = run_reconstruction(prep.target, prep.evidence, cfg.reconstruction, out / "reconstruction",
-                               seed=int(cfg.seed), progress=progress, store=scale.with_settings(scored.store))
-    metadata["reconstruction"] = recon.metadata()
+    recon = scale.reconstruct(prep.target, prep.evidence, scored.store, out / "reconstruction", seed=int(cfg.seed),
+                              progress=progress)
+    # a sharded run's shards computed the statistics (scale.annotate recorded their evaluations); here the figures
+    metadata["reconstruction"] = {**recon.metadata(), **{k: v for k, v in metadata.get("reconstruction", {}).items()
+                                                         if k.startswith("shard_")}}
     # recon_* rows in score_provenance like the attacks' (computed here or reused, when, under which plan)
     prov, rprov = metadata["score_provenance"], recon.provenance
     prov["attacks"] = {**prov.get("attacks", {}), **rprov.get("attacks", {})}

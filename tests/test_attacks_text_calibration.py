@@ -213,7 +213,7 @@ def test_setup_errors_are_one_line_reasons(finetune):
         Wen(start="prompt").check_target(finetune.tuned)
 
 
-def test_calibrated_loads_reference_once_and_names_it(finetune):
+def test_calibrated_loads_reference_once_and_names_it(finetune, tmp_path):
     attack = Calibrated(LossAttack(), reference={"source": str(finetune.base_dir), "local_files_only": True,
                                                  "device": "cpu", "dtype": "float32"})
     assert attack.evaluations_per_image() == 2 * LossAttack().evaluations_per_image()
@@ -221,12 +221,23 @@ def test_calibrated_loads_reference_once_and_names_it(finetune):
     ref = attack.reference_target()
     assert attack.reference_target() is ref and ref.fingerprint == finetune.base.fingerprint
     params = attack.params()
-    assert params["reference"]["source"] == str(finetune.base_dir)
     assert params["reference"]["fingerprint"] == finetune.base.fingerprint
+    # by content, not by path: the same base in another folder is the same statistic (stored scores stay valid)
+    import shutil
+
+    from audit.types import params_hash
+
+    moved = shutil.copytree(finetune.base_dir, tmp_path / "moved_base")
+    same = Calibrated(LossAttack(), reference={"source": str(moved), "local_files_only": True, "device": "cpu",
+                                               "dtype": "float32"})
+    same.check_target(finetune.tuned)
+    assert params_hash(same.params()) == params_hash(params)
+    assert same.describe()["reference"]["source"] == str(moved)
     assert params["base"] == LossAttack().params()
     described = attack.describe()
     assert described["name"] == "loss_calibrated" and described["evaluations_per_image"] == 12
     assert described["reference"]["fingerprint"] == finetune.base.fingerprint
+    assert described["reference"]["source"] == str(finetune.base_dir)
     # another reference is another statistic: its params (and so its cache/ScoreTable hash) differ
     other = Calibrated(LossAttack(), reference=finetune.tuned)
     assert other.params()["reference"]["fingerprint"] != params["reference"]["fingerprint"]

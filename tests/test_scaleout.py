@@ -246,13 +246,62 @@ def test_slurm_dry_run_writes_the_submission_for_four_shards(setup, tmp_path):
     assert validate_scale_config(_compose(merge_args)) == ("merge", 4, None)
 
 
+RECON = ["reconstruction=screen", "reconstruction.generate.n=4", "reconstruction.generate.steps=2",
+         "reconstruction.inpaint.steps=2", "reconstruction.img2img.steps=2", "reconstruction.figures.enabled=false"]
+
+
+@pytest.mark.slow  # a single run and two shards with reconstruction, two merges (~1 min on one thread)
+def test_reconstruction_is_sharded_with_the_scores_and_merged_without_recomputing(setup, tmp_path):
+    """Shard jobs compute disjoint reconstruction units into the store (their evaluations sum to a single run's);
+    the merge assembles the single run's recon_* rows and reconstruction.json bit for bit, evaluating nothing; a
+    merge whose reconstruction settings differ from the shards' is refused in one line."""
+    from audit.pipeline import run_audit
+
+    model_dir, manifest, root = setup
+    one = tmp_path / "single"
+    with count_forward_calls(UNet2DModel) as calls:
+        run_audit(_compose(_overrides(model_dir, manifest, tmp_path / "store1", tmp_path / "res1") + RECON), one)
+    single_recon = json.loads((one / io.RUN).read_text())["reconstruction"]
+    assert calls["n"] == N * PER_IMAGE + single_recon["unet_evaluations"] and single_recon["unet_evaluations"] > 0
+
+    store, shard_dir = tmp_path / "store", tmp_path / "shards"
+    base = _overrides(model_dir, manifest, store, tmp_path / "res") + RECON + [
+        "runtime.shards=2", f"runtime.shard_dir={shard_dir}"]
+    per_shard = []
+    for i in range(2):
+        run_audit(_compose(base + [f"runtime.shard={i}"]), tmp_path / f"s{i}")
+        rec = json.loads((shard_dir / f"shard-00{i}-of-002.json").read_text())["reconstruction"]
+        per_shard.append(rec["unet_evaluations"])
+        assert rec["store"]["shard"] == [i, 2]
+    assert sum(per_shard) == single_recon["unet_evaluations"] and min(per_shard) > 0  # disjoint and complete
+
+    with pytest.raises(ValueError, match=r"shard\(s\) \[0, 1\] of 2 ran with reconstruction"):
+        run_audit(_compose([o for o in base if not o.startswith("reconstruction")] + ["runtime.shard=merge"]),
+                  tmp_path / "merge_without")
+    merged = tmp_path / "merged"
+    with count_forward_calls(UNet2DModel) as calls:
+        run_audit(_compose(base + ["runtime.shard=merge"]), merged)
+    assert calls["n"] == 0  # every statistic is the shards'; no figures configured
+    a, b = pd.read_parquet(merged / io.SCORES), pd.read_parquet(one / io.SCORES)
+    assert a["attack"].str.startswith("recon_").any()
+    pd.testing.assert_frame_equal(a, b)  # attack and recon_* rows, bit for bit, same order
+    ra, rb = (json.loads((d / "reconstruction" / "reconstruction.json").read_text()) for d in (merged, one))
+    for k in ("artworks", "generations", "summary", "params_hash", "statistics"):
+        assert ra[k] == rb[k], k
+    meta = json.loads((merged / io.RUN).read_text())
+    assert meta["reconstruction"]["shard_unet_evaluations"] == single_recon["unet_evaluations"]
+    assert meta["reconstruction"]["unet_evaluations"] == 0
+    recon_prov = {k: p for k, p in meta["score_provenance"]["attacks"].items() if k.startswith("recon_")}
+    assert recon_prov and all(p["computed"] == N and p["reused"] == 0 for p in recon_prov.values())  # for this run
+    assert verify.verify(merged, recompute=False).ok
+
+
 @pytest.mark.parametrize("extra,message", [
     (["runtime.shards=0"], "runtime.shards must be a positive integer, got 0"),
     (["runtime.shards=2", "runtime.shard=2", "runtime.shard_dir=x"], "runtime.shard must be null, 'merge' or an integer 0..1"),
     (["runtime.shards=2"], "runtime.shards=2 needs a launcher"),
     (["runtime.shards=2", "runtime.shard=0"], "runtime.shard=0 needs runtime.shard_dir"),
     (["runtime.shards=2", "runtime.shard=0", "runtime.shard_dir=x", "score_store=null"], "needs a score store"),
-    (["runtime.shards=2", "runtime.shard=0", "runtime.shard_dir=x", "reconstruction=screen"], "not sharded"),
     (["runtime.attention=flash"], "runtime.attention must be one of auto, sdpa, eager"),
     (["runtime.compile=fast"], "runtime.compile must be false, true or one of"),
 ])

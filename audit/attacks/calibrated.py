@@ -152,11 +152,12 @@ class Calibrated(Attack):
         extra = {}
         if isinstance(self.reference, Mapping):  # what the fingerprint does not cover (LoRA scale, precision)
             extra = {k: self.reference[k] for k in ("lora_scale", "dtype") if k in self.reference}
+        # the reference by content only: its fingerprint covers its weight files (and LoRA files and scale), so
+        # the same model in another folder keeps the hash (and the stored scores); its path is in describe()
         return {
             "attack": type(self).__name__,
             "base": self.attack.params(),
-            "reference": {"source": ref.info.source, "fingerprint": ref.fingerprint,
-                          "lora": list(ref.info.lora), **extra},
+            "reference": {"fingerprint": ref.fingerprint, **extra},
         }
 
     def describe(self) -> dict[str, Any]:

@@ -7,7 +7,10 @@ asks which mode it is:
 2. :meth:`ScaleRun.after_plan` — the plan declared, before any score;
 3. :meth:`ScaleRun.score` — this process's scores; ``(None, stats)`` when another process writes the results;
 4. :meth:`ScaleRun.describe_attacks` — the attacks as run.json records them;
-5. :meth:`ScaleRun.annotate` — run.json's ``scale`` record.
+5. :meth:`ScaleRun.annotate` — run.json's ``scale`` record;
+6. :meth:`ScaleRun.reconstruct` — the reconstruction tests, when configured (a sharded run's shards compute their
+   units into the store inside step 3, before their record is written; the process that writes the results
+   assembles them, computing only the figures' images).
 
 The executors (chosen by :meth:`ScaleRun.from_config` from ``runtime.shards`` / ``runtime.shard`` and the
 environment, :func:`audit.parallel.shards.validate_scale_config`):
@@ -67,6 +70,9 @@ class ScaleRun:
         self._plan_record: dict[str, Any] = {}
         self._run_name = ""
         self._provenance: dict[str, Any] | None = None
+        #: the run's ``reconstruction`` config when its tests are enabled (None: not configured)
+        self.reconstruction: Any = None
+        self.cfg: Any = None
 
     @property
     def rank0(self) -> bool:
@@ -80,7 +86,10 @@ class ScaleRun:
         mode, n, index = validate_scale_config(cfg)
         rt = cfg.runtime
         shard_dir = Path(str(rt.shard_dir)) if rt.get("shard_dir") else None
-        return EXECUTORS[mode].start(cfg, n_shards=n, index=index, shard_dir=shard_dir)
+        run = EXECUTORS[mode].start(cfg, n_shards=n, index=index, shard_dir=shard_dir)
+        rec = cfg.get("reconstruction")
+        run.cfg, run.reconstruction = cfg, (rec if rec is not None and rec.get("enabled", False) else None)
+        return run
 
     @classmethod
     def start(cls, cfg: Any, *, n_shards: int, index: int | None, shard_dir: Path | None) -> "ScaleRun":
@@ -114,6 +123,17 @@ class ScaleRun:
 
     def annotate(self, metadata: dict[str, Any]) -> None:
         metadata["scale"] = {"mode": self.mode, "shards": 1, "speed": self.speed}
+
+    # -- 6. reconstruction
+    def reconstruct(self, target: Any, evidence: EvidenceSet, store: Any, out: Path, *, seed: int,
+                    progress: bool) -> Any:
+        """The configured reconstruction tests through the score store (:func:`audit.reconstruction.run_reconstruction`):
+        in a single run every unit not stored is computed here; after a sharded scoring every unit is stored and
+        only the figures' images are computed."""
+        from audit.reconstruction import run_reconstruction
+
+        return run_reconstruction(target, evidence, self.reconstruction, out, seed=seed, progress=progress,
+                                  store=self.with_settings(store))
 
     # -- the score store's context
     def store_settings(self) -> str:
@@ -184,13 +204,16 @@ class _Sharded(ScaleRun):
                                         progress=progress, batches=set(mine), on_batch=bar)
         finally:
             bar.close()
+        scoring_evals = int(target.unet_evals) - before
+        recon = self._reconstruct_shard(target, evidence, store, seed, progress)
         record = {
             "format": RECORD_FORMAT, "index": self.index, "n_shards": self.n_shards, "mode": self.mode,
             "batches": mine, "n_batches": len(range(0, len(ids), batch_size)), "batch_size": int(batch_size),
             "n_images": len(ids), "n_images_in_shard": n_mine,
             "image_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-            "unet_evaluations": int(target.unet_evals) - before,
+            "unet_evaluations": scoring_evals,
             "reference_unet_evaluations": _reference_evals(attacks) - ref_before,
+            "reconstruction": recon,
             "store": stats.to_dict(), "store_context": store.context, "store_folder": str(store.folder),
             "attack_hashes": {name: params_hash(a.params()) for name, a in attacks.items()},
             "attacks": {name: a.describe() for name, a in attacks.items()},
@@ -201,6 +224,50 @@ class _Sharded(ScaleRun):
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         return record, stats
+
+    def _reconstruct_shard(self, target: Any, evidence: EvidenceSet, store: Any, seed: int,
+                           progress: bool) -> dict[str, Any] | None:
+        """This shard's reconstruction units into the store (None when reconstruction is not configured): generation
+        pools by prompt group, inpainting / img2img by batch, dealt by unit number modulo the number of shards
+        (:mod:`audit.reconstruction.store`). Their evaluations are the shard's ``reconstruction`` record."""
+        if self.reconstruction is None:
+            return None
+        from audit.reconstruction import ReconstructionConfig, run_reconstruction
+
+        assert self.index is not None
+        part = run_reconstruction(target, evidence, self.reconstruction, None, seed=seed, progress=progress,
+                                  store=store, shard=(self.index, self.n_shards))
+        return {"config_sha256": _config_sha(ReconstructionConfig.from_any(self.reconstruction).to_dict()),
+                "unet_evaluations": int(part.unet_evals),
+                "base_unet_evaluations": int(part.record.get("base_unet_evaluations", 0)),
+                "store": dict(part.store_stats)}
+
+    def reconstruct(self, target: Any, evidence: EvidenceSet, store: Any, out: Path, *, seed: int,
+                    progress: bool) -> Any:
+        """Rank 0 of a distributed run: every rank computed its units before the records were gathered, so this
+        assembles them (only figure images are computed); statistics computed under this run's plan after its
+        declaration count as this run's, as the attack scores do (:meth:`_assemble`)."""
+        from audit.reconstruction import run_reconstruction
+
+        return run_reconstruction(target, evidence, self.reconstruction, out, seed=seed, progress=progress,
+                                  store=self.with_settings(store), computed_for=self._computed_for())
+
+    def _computed_for(self) -> tuple[str, str]:
+        return str(self._plan_record.get("sha256", "")), str(self._plan_record.get("declared_utc", ""))
+
+    def _check_reconstruction(self) -> None:
+        """Every shard computed its reconstruction units under this run's reconstruction config (a merge or rank 0
+        then finds every unit stored); refuses in one line otherwise."""
+        from audit.reconstruction import ReconstructionConfig
+
+        want = (_config_sha(ReconstructionConfig.from_any(self.reconstruction).to_dict())
+                if self.reconstruction is not None else None)
+        have = {r["index"]: (r.get("reconstruction") or {}).get("config_sha256") for r in self.records}
+        wrong = sorted(i for i, h in have.items() if h != want)
+        if wrong:
+            said = "without reconstruction" if want is not None else "with reconstruction"
+            raise ValueError(f"merge: shard(s) {wrong} of {self.n_shards} ran {said} or with another reconstruction "
+                             f"config than this run's: rerun them with this run's reconstruction settings, then merge")
 
     def _assemble(self, evidence: EvidenceSet, attacks: Mapping[str, Any], store: Any, batch_size: int,
                   seed: int) -> ScoreTable:
@@ -260,6 +327,12 @@ class _Sharded(ScaleRun):
                 "scoring_s", "host", "pid", "device", "cuda_device", "finished_utc")
         metadata["unet_evaluations"] = sum(int(r["unet_evaluations"]) for r in self.records)
         metadata["reference_unet_evaluations"] = sum(int(r["reference_unet_evaluations"]) for r in self.records)
+        recon = [r.get("reconstruction") for r in self.records]
+        if any(recon):
+            keep += ("reconstruction",)
+            rec = metadata.setdefault("reconstruction", {})
+            rec["shard_unet_evaluations"] = sum(int(x["unet_evaluations"]) for x in recon if x)
+            rec["shard_base_unet_evaluations"] = sum(int(x["base_unet_evaluations"]) for x in recon if x)
         metadata["scale"] = {
             "mode": self.mode, "shards": self.n_shards,
             "assignment": "batches of the single-process run, sorted by SHA-256 of their image ids, dealt round-robin",
@@ -336,6 +409,7 @@ class DistributedRun(_Sharded):
                   f"{stats.reused} reused; rank 0 writes the results")
             return None, stats
         self.records = sorted(gathered, key=lambda r: r["index"])
+        self._check_reconstruction()
         return self._assemble(evidence, attacks, store, batch_size, seed), self._merged_stats()
 
 
@@ -350,6 +424,7 @@ class MergeJob(_Sharded):
         run = cls(n_shards=n_shards, index=index, shard_dir=shard_dir)
         assert shard_dir is not None
         run.records = read_records(shard_dir, n_shards)
+        run._shard_store: Any = None
         return run
 
     def load_target(self, cfg: Any) -> RecordedTarget:
@@ -384,7 +459,27 @@ class MergeJob(_Sharded):
         store = ScoreStore(Path(store.root), ctx["target_fingerprint"], int(ctx["seed"]), ctx["dtype"],
                            ctx["device_type"], version=ctx["package_version"], code=ctx["scoring_code"],
                            settings=ctx.get("denoiser_settings", ""))
+        self._check_reconstruction()
+        self._shard_store = store
         return self._assemble(evidence, attacks, store, batch_size, seed), self._merged_stats()
+
+    def reconstruct(self, target: Any, evidence: EvidenceSet, store: Any, out: Path, *, seed: int,
+                    progress: bool) -> Any:
+        """The shards' reconstruction statistics from the store (in the shards' store context), assembled with the
+        model loaded here only for the figures' images (the statistics are the shards'; a unit whose stored entry
+        fails its integrity check is recomputed here, as in any run, and listed in run.json). The model must be
+        the one the shards scored (same fingerprint)."""
+        from audit.reconstruction import run_reconstruction
+
+        model = ScaleRun.load_target(self, self.cfg)
+        want = self.records[0]["store_context"]["target_fingerprint"]
+        if model.fingerprint != want:
+            raise ValueError(f"merge: the configured model (fingerprint {model.fingerprint}) is not the one the "
+                             f"shards scored ({want}): run the merge with the shards' target")
+        shard_store = replace(self._shard_store, plan_sha256=store.plan_sha256, run=store.run)
+        return run_reconstruction(model, evidence, self.reconstruction, out, seed=seed, progress=progress,
+                                  store=shard_store, computed_for=self._computed_for())
+
 
     def describe_attacks(self, attacks: Mapping[str, Any]) -> dict[str, Any]:
         return {name: self.records[0]["attacks"][name] for name in attacks}
@@ -392,6 +487,12 @@ class MergeJob(_Sharded):
 
 #: the executor of each mode (``runtime.shards`` / ``runtime.shard`` / the launch environment)
 EXECUTORS: dict[str, type[ScaleRun]] = {cls.mode: cls for cls in (SingleRun, ShardJob, DistributedRun, MergeJob)}
+
+
+def _config_sha(values: Mapping[str, Any]) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _reference_evals(attacks: Mapping[str, Any]) -> int:

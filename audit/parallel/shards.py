@@ -115,10 +115,6 @@ def validate_scale_config(cfg: Any) -> tuple[str, int, int | None]:
         if not cfg.get("score_store"):
             raise ValueError("a sharded run needs a score store that every shard can reach: set score_store=<folder> "
                              "(a shared file system on a cluster)")
-        rec = cfg.get("reconstruction")
-        if rec is not None and rec.get("enabled", False):
-            raise ValueError("reconstruction tests are not sharded: run them with runtime.shards=1 "
-                             "(or reconstruction=none for the sharded scoring run)")
         if mode in ("shard", MERGE) and not rt.get("shard_dir"):
             raise ValueError(f"runtime.shard={shard} needs runtime.shard_dir (the folder where the shards' records "
                              "meet; the launcher sets it)")

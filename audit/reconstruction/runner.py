@@ -148,6 +148,7 @@ def run_reconstruction(
     progress: bool = True,
     store: Any = None,
     shard: tuple[int, int] | None = None,
+    computed_for: tuple[str, str] | None = None,
 ) -> ReconstructionOutput:
     """Run the configured reconstruction tests on ``evidence`` (see the module docstring).
 
@@ -157,10 +158,12 @@ def run_reconstruction(
     :class:`audit.store.ScoreStore` (its context's seed must be ``seed``); None = compute everything, persist nothing.
     ``shard=(index, n)`` (with a store): compute and persist only this shard's units, return no rows and write
     nothing else (:mod:`audit.reconstruction.store`); a later call without it assembles the results.
+    ``computed_for=(plan SHA-256, declared UTC)``: that assembling call's plan: stored statistics the shards
+    computed under it after its declaration are recorded as computed for this run (provenance), not reused.
     """
     if store is not None and int(store.seed) != int(seed):
         raise ValueError(f"reconstruction: the score store's seed {store.seed} is not the run seed {seed}")
-    rs = ReconStore(store, shard)
+    rs = ReconStore(store, shard, computed_for)
     cfg = ReconstructionConfig.from_any(cfg)
     ev = evidence.select(cfg.roles)
     if len(ev) == 0:

@@ -48,7 +48,8 @@ run.json); with figures off a fully stored rerun evaluates the denoiser zero tim
 number (batch index for inpainting / img2img, group index for generate-and-match / extraction) is ``index`` modulo
 ``n`` and returns no rows; the shards write disjoint units into one store, and a run without ``shard`` afterwards
 (the merge) finds every unit stored and computes none (only figure images). An unconditional pool is one unit, so
-it is never split between shards.
+it is never split between shards. In an audit the executors do this (:meth:`audit.parallel.executors.ScaleRun.reconstruct`):
+each shard after its attack scores and before its record, the merge job or rank 0 afterwards.
 """
 from __future__ import annotations
 
@@ -107,10 +108,13 @@ class ReconStore:
     :meth:`add` records a finished unit's values (and persists them as one batch file), :meth:`get` reads one.
     """
 
-    def __init__(self, store: ScoreStore | None, shard: tuple[int, int] | None = None) -> None:
+    def __init__(self, store: ScoreStore | None, shard: tuple[int, int] | None = None,
+                 computed_for: tuple[str, str] | None = None) -> None:
         if shard is not None and (store is None or not 0 <= int(shard[0]) < int(shard[1])):
             raise ValueError(f"reconstruction shard {shard}: needs a score store and 0 <= index < number of shards")
         #: (index, number of shards): compute only the units whose number ≡ index (mod number); None = all
+        #: ``computed_for=(plan SHA-256, declared UTC)``: stored values computed under that plan after it was
+        #: declared count as this run's (a sharded run's shards computed them), as the merged attack scores do
         self.shard = (int(shard[0]), int(shard[1])) if shard is not None else None
         self.store: ScoreStore | None = None
         self.values: dict[tuple[str, str, str], tuple[float, str, str, str, bool]] = {}
@@ -121,8 +125,10 @@ class ReconStore:
             self.store = replace(store, code=f"{store.code}+reconstruction:{code_fingerprint(RECONSTRUCTION_CODE)}",
                                  failures=[])
             for r in self.store.load().itertuples(index=False):
+                ours = computed_for is not None and (str(r.plan_sha256) == computed_for[0]
+                                                     and str(r.computed_at) >= computed_for[1])
                 self.values[(str(r.image_id), str(r.attack), str(r.attack_params_hash))] = (
-                    float(r.score), str(r.computed_at), str(r.plan_sha256), str(r.run), False)
+                    float(r.score), str(r.computed_at), str(r.plan_sha256), str(r.run), ours)
             self.failures = list(self.store.failures)
 
     @property
