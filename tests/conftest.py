@@ -48,6 +48,33 @@ def _load_tensor(paths: list[Path]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
+#: Fixtures that train a model for longer than a few seconds or run a whole audit. Every test that uses one,
+#: directly or through another fixture, is marked ``slow`` at collection (below), so ``pytest -m "not slow"``
+#: leaves it out without a mark on each test. ``memorized_ddpm`` (about 10 s, once) stays in the fast subset:
+#: it is what shows there that a memorising model is detected. A new fixture that trains goes here.
+SLOW_FIXTURES = frozenset({
+    "overfit_ddpm",    # 256 works, 600 steps (~45 s)
+    "finetune",        # text-conditional base + fine-tune (test_attacks_text_calibration)
+    "memorised",       # guided extraction model (test_extraction)
+    "collapsed",       # reconstruction's collapsed model (test_reconstruction)
+    "flow_finetune",   # flow-matching fine-tune (test_families)
+    "outputs_run",     # a trained generator's outputs audited (test_outputs)
+    "bilingual",       # a whole audit with English and Chinese reports (test_report_i18n)
+    "audit_run",       # a whole audit with its report (test_pipeline)
+    "memorised_run",   # a whole black-box audit of a served model (test_http_target)
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)  # a fixture named by a parameter (request.getfixturevalue)
+        if callspec is not None:
+            used |= {v for v in callspec.params.values() if isinstance(v, str)}
+        if SLOW_FIXTURES & used:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def artworks(tmp_path_factory) -> tuple[list[Path], list[Path]]:
     root = tmp_path_factory.mktemp("artworks")
