@@ -49,6 +49,20 @@ def scores_sha(path: Path) -> tuple[str, int]:
     return h.hexdigest(), len(df)
 
 
+def values_sha(path: Path) -> str:
+    """The scores alone (image id, attack, exact float64 bits), without the attack's parameter hash: equal when
+    the same numbers were computed even if a parameter's *record* changed (the calibrated attacks' reference
+    became a fingerprint instead of a path in 69a4189, which changes the LoRA audit's parameter hash)."""
+    import numpy as np
+    import pandas as pd
+
+    df = pd.read_parquet(path).sort_values(["image_id", "attack", "attack_params_hash"]).reset_index(drop=True)
+    h = hashlib.sha256()
+    for i, a, s in zip(df["image_id"], df["attack"], df["score"]):
+        h.update(f"{i}|{a}|{np.float64(s).tobytes().hex()}\n".encode())
+    return h.hexdigest()
+
+
 def _p(folder: Path) -> float | None:
     a = json.loads((folder / "analysis.json").read_text()) if (folder / "analysis.json").exists() else {}
     return (a.get("verdict") or {}).get("p_value")
@@ -117,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                            "stats.crossfit_permutations=49", "stats.n_placebo=20", "runtime.batch_size=8",
                            f"paths.results_dir={work}/res", "name=lora"], work / "lora")
         result["lora"] = [*scores_sha(out / "scores.parquet"), _p(out)]
+        result["lora_values"] = values_sha(out / "scores.parquet")
     if "sharded" in args.only:
         from audit.data import write_manifest
         from audit.groundtruth.ddpm import build_ddpm, save_ddpm
@@ -144,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = run(shard + ["runtime.shard=merge", "name=merge"], work / "merge")
         result["sharded_single"] = [*scores_sha(single / "scores.parquet"), _p(single)]
         result["sharded_merge"] = [*scores_sha(merged / "scores.parquet"), _p(merged)]
+        result["sharded_single_values"] = values_sha(single / "scores.parquet")
     text = json.dumps(result, indent=1, sort_keys=True)
     print(text)
     if args.out:
