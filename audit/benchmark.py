@@ -338,7 +338,7 @@ def write_benchmark(result: dict[str, Any], out: str | Path) -> Path:
     ok = [r for r in result["attacks"] if r["status"] == "ok"]
     s = result["settings"]
     md = [f"# Benchmark: {result['name']}", "",
-          f"Target `{result['target_dir']}`" + (f" + LoRA, reference (base) model for `_calibrated` rows"
+          f"Target `{result['target_dir']}`" + (" + LoRA, reference (base) model for `_calibrated` rows"
                                                  if result.get("lora") else "") +
           f": {result['n_member']} members, {result['n_nonmember']} non-members (known split). "
           f"{result['machine']}; {result['wall_s']:.0f} s in all.", "",

@@ -135,10 +135,6 @@ def _visible_text(html_text: str) -> str:
 def check_reports(d: Path, notes: list[str], format_version: int) -> list[str]:
     """The report files against the analysis they claim: the HTML names the analysis.json digest (seal format 2)
     and states the analysis's verdict sentence; the PDF states it too (checked when ``pdftotext`` is installed)."""
-    import re
-    import shutil
-    import subprocess
-
     problems: list[str] = []
     try:
         analysis = json.loads((d / io.ANALYSIS).read_text())

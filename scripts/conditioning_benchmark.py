@@ -50,7 +50,6 @@ def main() -> None:
     from audit.attacks import Calibrated, LossAttack, score_evidence
     from audit.data import load_evidence, read_manifest
     from audit.stats import auc_with_ci
-    from audit.stats.tests import mann_whitney_batch
     from audit.targets import load_target
 
     td = Path(a.target_dir)

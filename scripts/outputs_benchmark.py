@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
               "matching": MATCH, "memorisation": memo, "conditions": {},
               "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"}
     manifests = {}
+    result_scores: dict = {}  # the screenshot condition's null scores, reused by the partial condition after it
     for cond in ("screenshot", "partial", "clean"):
         sc, ns = {}, {}
         for g in ("members", "null"):

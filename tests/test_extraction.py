@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from audit.reconstruction import run_reconstruction  # noqa: E402
-from audit.reconstruction.extract import ExtractionSettings, cluster_medoids, extract, guided_samples  # noqa: E402
+from audit.reconstruction.extract import ExtractionSettings, cluster_medoids, guided_samples  # noqa: E402
 from audit.reconstruction.sampling import GenerationRecord, generate  # noqa: E402
 from audit.stats import auc_with_ci  # noqa: E402
 from audit.targets import load_target  # noqa: E402

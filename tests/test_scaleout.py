@@ -16,7 +16,7 @@ import torch
 from diffusers import UNet2DModel
 
 from audit import io, verify
-from audit.parallel import (EXECUTORS, ScaleRun, SingleRun, apply_speed_settings, assign_batches, probe_batch_size, shard_batches,
+from audit.parallel import (ScaleRun, SingleRun, apply_speed_settings, assign_batches, probe_batch_size, shard_batches,
                             validate_scale_config)
 from tests.conftest import count_forward_calls
 

@@ -48,7 +48,7 @@ def to_working(arr: np.ndarray, side: int) -> np.ndarray:
 
 
 def _longest_run(mask: np.ndarray) -> tuple[int, int]:
-    best, start, cur = (0, 0), None, 0
+    best, start = (0, 0), None
     for i, v in enumerate(list(mask) + [False]):
         if v and start is None:
             start = i

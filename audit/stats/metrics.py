@@ -30,7 +30,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from audit.stats.core import auc_rows
