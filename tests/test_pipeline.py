@@ -34,9 +34,16 @@ def _options(group: str) -> list[str]:
 def test_every_config_file_composes_and_instantiates(group, option, memorized_ddpm, tiny_sd, tmp_path):
     if group in OTHER_PRIMARY:
         return _check_script_group(group, option, tmp_path)
-    if group == "launcher":
-        pytest.skip("launcher=local|slurm select Hydra launcher plugins (hydra.launcher); composed and run in "
-                    "tests/test_scaleout.py (local launcher jobs, SLURM dry run)")
+    if group == "launcher":  # selects a Hydra launcher plugin; its jobs run in tests/test_scaleout.py
+        from hydra.plugins.launcher import Launcher
+        from hydra.utils import get_class
+
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            hcfg = compose(config_name="audit", overrides=[f"launcher={option}"], return_hydra_config=True)
+        assert issubclass(get_class(hcfg.hydra.launcher._target_), Launcher)
+        assert hcfg.runtime.shards >= 2  # one job per shard, then the merge
+        assert hcfg.hydra.launcher.shards in (None, hcfg.runtime.shards)  # None: runtime.shards
+        return
     overrides = [f"{group}={option}", f"paths.cache_dir={tmp_path}"]
     if group == "attack":
         overrides[0] = f"attack=[{option}]"
