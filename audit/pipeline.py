@@ -255,7 +255,7 @@ def analyze_and_report(run: io.RunData, plan: Any, report_cfg: Any, out: Path,
     run.metadata = {**run.metadata, "timings": {**run.metadata.get("timings", {}), **timings}}
     if source is None:  # a run: its metadata gains the timings (regeneration records itself elsewhere)
         io.write_json(out / io.RUN, run.metadata)
-    io.write_json(out / io.ANALYSIS, result.to_dict())
+    io.write_json(out / io.ANALYSIS, {**result.to_dict(), verify.PRODUCED_BY: verify.statistics_code()})
     print(f"verdict: {result.verdict.sentence}")
     if report_cfg is None or not report_cfg.get("enabled", True):
         print(f"results: {out}")

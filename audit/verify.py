@@ -403,13 +403,21 @@ def _recompute(d: Path, notes: list[str]) -> list[str]:
     except Exception as e:
         return [f"the analysis could not be recomputed from the stored files: {type(e).__name__}: {e}"]
     fresh = json.loads(json.dumps(result.to_dict(), default=io._json_default))
+    made_by = recorded.pop(PRODUCED_BY, None) if isinstance(recorded, dict) else None
+    now = statistics_code()
+    other_code = made_by != now
     diffs = _json_diff(recorded, fresh, "")
     if not diffs:
-        notes.append("the analysis recomputed from the scores equals analysis.json")
+        notes.append("the analysis recomputed from the scores equals analysis.json"
+                     + (f" — made by {_describe_code(made_by)}, recomputed by {_describe_code(now)}" if other_code else ""))
         return []
     shown = "; ".join(diffs[:_MAX_LISTED]) + (f"; and {len(diffs) - _MAX_LISTED} more" if len(diffs) > _MAX_LISTED else "")
+    why = ""
+    if other_code:
+        why = (f" — {io.ANALYSIS} was made by {_describe_code(made_by)} and recomputed by {_describe_code(now)}: "
+               "a difference can be a change of the method between versions; recompute with the version that made it")
     return [f"{io.ANALYSIS} differs from the analysis recomputed from the stored scores ({len(diffs)} value(s)): "
-            + shown]
+            + shown + why]
 
 
 #: How closely a recomputed number must equal the recorded one. Not 1e-9: the blind-baseline gate's and the
@@ -419,7 +427,33 @@ def _recompute(d: Path, notes: list[str]) -> list[str]:
 #: band. 1e-6 is a hundred times that and three orders finer than any figure a report prints; counts, decisions,
 #: verdicts, texts and hashes are compared exactly.
 FLOAT_REL_TOL = 1e-6
+#: the key of ``analysis.json`` that names the code that computed it (:func:`statistics_code`)
+PRODUCED_BY = "produced_by"
 FLOAT_ABS_TOL = 1e-8
+
+
+def statistics_code(root: Path | None = None) -> dict[str, str]:
+    """What computes an analysis: the package's version and the SHA-256 of the statistics' source files
+    (``audit/stats/**/*.py``, each as its relative path and bytes, in path order). Written into ``analysis.json``
+    as ``produced_by``; when a recomputation differs, :func:`verify` says whether the folder was made by other
+    statistics code — a changed method between versions, not necessarily an edited folder."""
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parent / "stats" if root is None else root
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    try:
+        version = metadata.version("diffusion-membership-audit")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"package": "diffusion-membership-audit", "version": version, "statistics_sha256": h.hexdigest()}
+
+
+def _describe_code(code: Any) -> str:
+    if not isinstance(code, dict) or not code.get("statistics_sha256"):
+        return "a version that did not record its statistics code"
+    return f"version {code.get('version', '?')} (statistics code {str(code['statistics_sha256'])[:12]}…)"
 
 
 def numbers_agree(a: float, b: float) -> bool:

@@ -196,6 +196,35 @@ def test_another_cpus_last_digits_verify_but_a_changed_figure_does_not(sealed, t
     assert "verdict.p_value:" in capsys.readouterr().out
 
 
+def test_the_analysis_names_its_statistics_code_and_verify_says_when_another_made_it(sealed, tmp_path, capsys,
+                                                                                     monkeypatch):
+    recorded = json.loads((sealed / io.ANALYSIS).read_text())[verify.PRODUCED_BY]
+    assert recorded == verify.statistics_code() and len(recorded["statistics_sha256"]) == 64
+    stats_copy = tmp_path / "stats"  # the hash follows the statistics' source: one changed byte changes it
+    shutil.copytree(ROOT / "audit" / "stats", stats_copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert verify.statistics_code(stats_copy) == recorded
+    (stats_copy / "core.py").write_text((stats_copy / "core.py").read_text() + "\n")
+    assert verify.statistics_code(stats_copy)["statistics_sha256"] != recorded["statistics_sha256"]
+
+    folder = _copy(sealed, tmp_path / "run")
+    a = json.loads((folder / io.ANALYSIS).read_text())
+    del a["verdict"]["sentence"]  # as if written by a version without the field (or edited)
+    (folder / io.ANALYSIS).write_text(json.dumps(a))
+    verify.seal(folder)
+    assert verify.main([str(folder), "--no-recompute"]) == 0
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "verdict.sentence: missing from analysis.json" in out and "made by" not in out  # same code: no excuse
+    other = {**recorded, "version": "0.0.9", "statistics_sha256": "0" * 64}
+    monkeypatch.setattr(verify, "statistics_code", lambda root=None: other)  # verified by a later version
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "verdict.sentence: missing from analysis.json" in out
+    assert f"was made by version {recorded['version']} (statistics code {recorded['statistics_sha256'][:12]}" in out
+    assert "recomputed by version 0.0.9" in out and "recompute with the version that made it" in out
+
+
 def test_regeneration_never_rewrites_data_and_reseals(sealed, tmp_path):
     import scripts.report as report_script
 
