@@ -427,9 +427,9 @@ def _recompute(d: Path, notes: list[str]) -> list[str]:
 #: band. 1e-6 is a hundred times that and three orders finer than any figure a report prints; counts, decisions,
 #: verdicts, texts and hashes are compared exactly.
 FLOAT_REL_TOL = 1e-6
+FLOAT_ABS_TOL = 1e-8
 #: the key of ``analysis.json`` that names the code that computed it (:func:`statistics_code`)
 PRODUCED_BY = "produced_by"
-FLOAT_ABS_TOL = 1e-8
 
 
 def statistics_code(root: Path | None = None) -> dict[str, str]:

@@ -38,29 +38,28 @@ def _compose(overrides: list[str]):
         return compose(config_name="audit", overrides=overrides)
 
 
-def scores_sha(path: Path) -> tuple[str, int]:
+def _table_sha(path: Path, with_params: bool) -> tuple[str, int]:
     import numpy as np
     import pandas as pd
 
     df = pd.read_parquet(path).sort_values(["image_id", "attack", "attack_params_hash"]).reset_index(drop=True)
     h = hashlib.sha256()
     for i, a, p, s in zip(df["image_id"], df["attack"], df["attack_params_hash"], df["score"]):
-        h.update(f"{i}|{a}|{p}|{np.float64(s).tobytes().hex()}\n".encode())
+        h.update((f"{i}|{a}|{p}|" if with_params else f"{i}|{a}|").encode()
+                 + f"{np.float64(s).tobytes().hex()}\n".encode())
     return h.hexdigest(), len(df)
+
+
+def scores_sha(path: Path) -> tuple[str, int]:
+    """The score table: image id, attack, parameter hash, exact float64 bits of the score."""
+    return _table_sha(path, with_params=True)
 
 
 def values_sha(path: Path) -> str:
     """The scores alone (image id, attack, exact float64 bits), without the attack's parameter hash: equal when
     the same numbers were computed even if a parameter's *record* changed (the calibrated attacks' reference
     became a fingerprint instead of a path in 69a4189, which changes the LoRA audit's parameter hash)."""
-    import numpy as np
-    import pandas as pd
-
-    df = pd.read_parquet(path).sort_values(["image_id", "attack", "attack_params_hash"]).reset_index(drop=True)
-    h = hashlib.sha256()
-    for i, a, s in zip(df["image_id"], df["attack"], df["score"]):
-        h.update(f"{i}|{a}|{np.float64(s).tobytes().hex()}\n".encode())
-    return h.hexdigest()
+    return _table_sha(path, with_params=False)[0]
 
 
 def _p(folder: Path) -> float | None:
